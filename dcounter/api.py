@@ -1,0 +1,222 @@
+# -*- test-case-name: tests.test_api -*-
+"""
+The HTTP API: the original's endpoints, named counters, and the cluster's
+own /sync, on one Klein app.
+
+Handlers decode with L{dcounter.wire}, act through the node, the membership
+table, the health checker and the replicator, and answer JSON.  Every error
+becomes C{{"error": "..."}} with its status in L{CounterAPI.errors}, the one
+place where exceptions map to statuses; nothing else reaches a client.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from klein import Klein
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+from twisted.web.server import Site
+from werkzeug.exceptions import HTTPException
+
+from dcounter import wire
+from dcounter.counter import DEFAULT_COUNTER, CounterOverflow
+from dcounter.health import AdmissionError, HealthChecker
+from dcounter.membership import Membership
+from dcounter.node import Node
+from dcounter.replication import Replicator, WrongCluster
+from dcounter.store import StoreError
+
+
+class NotFound(Exception):
+    pass
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def _json(request: IRequest, body: object, code: int = 200) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Cache-Control", b"no-store")
+    return json.dumps(body, separators=(",", ":")).encode() + b"\n"
+
+
+def _body(request: IRequest, limit: int = wire.MAX_BODY) -> bytes:
+    content = request.content
+    if content is None:
+        return b""
+    content.seek(0)
+    body: bytes = content.read(limit + 1)
+    if len(body) > limit:
+        raise BodyTooLarge(f"request body is larger than {limit} bytes")
+    return body
+
+
+class CounterAPI:
+    app = Klein()
+    log = Logger()
+
+    #: exception -> HTTP status; checked in order, first match wins.
+    errors: list[tuple[type[BaseException], int]] = [
+        (wire.MalformedMessage, 400),
+        (WrongCluster, 403),
+        (NotFound, 404),
+        (CounterOverflow, 409),
+        (BodyTooLarge, 413),
+        (AdmissionError, 502),
+        (StoreError, 503),
+    ]
+
+    def __init__(
+        self,
+        node: Node,
+        membership: Membership,
+        health: HealthChecker,
+        replicator: Replicator,
+        discovery: Any = None,
+    ) -> None:
+        self.node = node
+        self.membership = membership
+        self.health = health
+        self.replicator = replicator
+        self.discovery = discovery
+
+    def resource(self) -> Any:
+        return self.app.resource()
+
+    @app.handle_errors(Exception)
+    def _error(self, request: IRequest, failure: Any) -> bytes:
+        error = failure.value
+        if isinstance(error, HTTPException):
+            if error.code == 405 and getattr(error, "valid_methods", None):
+                request.setHeader(b"Allow", ", ".join(error.valid_methods).encode())
+            return _json(request, {"error": error.name.lower()}, error.code or 500)
+        for kind, code in self.errors:
+            if isinstance(error, kind):
+                return _json(request, {"error": str(error)}, code)
+        self.log.failure("unhandled error in {method} {uri}", failure, method=request.method, uri=request.uri)
+        return _json(request, {"error": "internal error"}, 500)
+
+    # The original's endpoints.
+
+    @app.route("/health", methods=["GET"])
+    def health(self, request: IRequest) -> bytes:
+        hello = wire.Hello(
+            node_id=self.node.node_id,
+            incarnation=self.node.identity.incarnation,
+            cluster=self.node.cluster,
+            extra={"uptime": round(self.node.uptime(), 3), "peers": self.membership.counts()},
+        )
+        return _json(request, wire.encode_hello(hello))
+
+    @app.route("/count", methods=["GET"])
+    def count(self, request: IRequest) -> bytes:
+        return _json(request, {"count": self.node.value(DEFAULT_COUNTER), "node_id": self.node.node_id})
+
+    @app.route("/increment", methods=["POST"])
+    async def increment(self, request: IRequest) -> bytes:
+        by = wire.amount_body(_body(request))
+        count = await self.node.add(DEFAULT_COUNTER, by)
+        return _json(request, {"count": count, "node_id": self.node.node_id})
+
+    @app.route("/sync", methods=["POST"])
+    async def sync(self, request: IRequest) -> bytes:
+        message = wire.decode_sync(_body(request, wire.MAX_SYNC_BODY))
+        if isinstance(message, wire.LegacySync):
+            count = await self.node.raise_to(DEFAULT_COUNTER, message.count)
+            return _json(request, {"count": count, "node_id": self.node.node_id})
+        reply = self.replicator.received(message)
+        if reply is None:
+            return _json(request, {"ok": True})
+        return _json(request, wire.encode_sync(reply))
+
+    @app.route("/peers", methods=["GET"])
+    def peers(self, request: IRequest) -> bytes:
+        return _json(request, self.membership.live())
+
+    @app.route("/register", methods=["POST"])
+    async def register(self, request: IRequest) -> bytes:
+        peer = wire.id_body(_body(request))
+        node_id = await self.health.admit(peer, expected_id=peer, force=True)
+        return _json(request, {"status": "registered", "id": node_id})
+
+    @app.route("/remove-peer", methods=["POST"])
+    def remove_peer(self, request: IRequest) -> bytes:
+        peer = wire.id_body(_body(request))
+        now = self.node.clock.seconds()
+        if not self.membership.remove(peer, now):
+            raise NotFound(f"{peer} is not a peer of this node")
+        return _json(
+            request,
+            {"status": "removed", "id": peer, "quarantined_for": self.membership.quarantine},
+        )
+
+    @app.route("/discovery", methods=["GET"])
+    def discovery_info(self, request: IRequest) -> bytes:
+        info: dict[str, Any] = {
+            "node_id": self.node.node_id,
+            "peers": self.membership.live(),
+            "cluster": self.node.cluster,
+            "enabled": self.discovery is not None,
+        }
+        if self.discovery is not None:
+            info.update(self.discovery.info())
+        return _json(request, info)
+
+    # Beyond the original.
+
+    @app.route("/members", methods=["GET"])
+    def members(self, request: IRequest) -> bytes:
+        return _json(
+            request,
+            {
+                "node_id": self.node.node_id,
+                "incarnation": self.node.identity.incarnation,
+                "members": [p.as_json() for p in self.membership.peers()],
+            },
+        )
+
+    @app.route("/counters", methods=["GET"])
+    def counters(self, request: IRequest) -> bytes:
+        return _json(request, {"counters": self.node.counters.values(), "node_id": self.node.node_id})
+
+    @app.route("/counters/<name>", methods=["GET"])
+    def counter(self, request: IRequest, name: str) -> bytes:
+        wire.counter_name(name)
+        if name not in self.node.counters:
+            raise NotFound(f"no counter named {name!r}")
+        return _json(request, {"name": name, "count": self.node.value(name), "node_id": self.node.node_id})
+
+    @app.route("/counters/<name>/increment", methods=["POST"])
+    async def counter_increment(self, request: IRequest, name: str) -> bytes:
+        return await self._add(request, name, 1)
+
+    @app.route("/counters/<name>/decrement", methods=["POST"])
+    async def counter_decrement(self, request: IRequest, name: str) -> bytes:
+        return await self._add(request, name, -1)
+
+    async def _add(self, request: IRequest, name: str, sign: int) -> bytes:
+        wire.counter_name(name)
+        by = wire.amount_body(_body(request))
+        count = await self.node.add(name, sign * by)
+        return _json(request, {"name": name, "count": count, "node_id": self.node.node_id})
+
+
+class CounterSite(Site):
+    """
+    A Site that never shows tracebacks and logs requests only if asked.
+    """
+
+    displayTracebacks = False
+    noisy = False
+
+    def __init__(self, api: CounterAPI, access_log: bool = False) -> None:
+        super().__init__(api.resource())
+        self.access_log = access_log
+
+    def log(self, request: Any) -> None:
+        if self.access_log:
+            super().log(request)

@@ -1,0 +1,78 @@
+# -*- test-case-name: tests.test_replication -*-
+"""
+The client side of the node-to-node protocol: how this node speaks to a peer.
+
+One home for peer URLs, timeouts and response checks, so that the health
+checker and the replicator share them.  C{http} is anything with treq's
+C{request} signature: a real C{treq.client.HTTPClient} in the daemon, a
+C{treq.testing.StubTreq} in unit tests.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+from dcounter import wire
+
+
+class PeerError(Exception):
+    """
+    A peer answered, but not as a dcounter node should.
+    """
+
+
+def peer_url(address: str, path: str) -> str:
+    return f"http://{address}{path}"
+
+
+class PeerClient:
+    def __init__(self, http: Any, clock: Any, timeout: float = 1.0) -> None:
+        self._http = http
+        self._clock = clock
+        self.timeout = timeout
+
+    async def _call(self, method: str, address: str, path: str, **kwargs: Any) -> bytes:
+        response = await self._http.request(
+            method,
+            peer_url(address, path),
+            timeout=self.timeout,
+            reactor=self._clock,
+            allow_redirects=False,
+            **kwargs,
+        )
+        body: bytes = await response.content()
+        if response.code != 200:
+            raise PeerError(f"{address}{path} answered {response.code}: {body[:200]!r}")
+        return body
+
+    def hello(self, address: str) -> Deferred[wire.Hello]:
+        """
+        Ask C{address} who it is (GET /health).
+        """
+
+        async def go() -> wire.Hello:
+            body = await self._call("GET", address, "/health")
+            try:
+                return wire.decode_hello(body)
+            except wire.MalformedMessage as e:
+                raise PeerError(f"{address} is not a dcounter node: {e}") from None
+
+        return Deferred.fromCoroutine(go())
+
+    def sync(self, address: str, message: wire.Sync) -> Deferred[wire.Sync | None]:
+        """
+        Send our state (POST /sync); if C{message.reply}, return the peer's.
+        """
+
+        async def go() -> wire.Sync | None:
+            body = await self._call("POST", address, "/sync", json=wire.encode_sync(message))
+            if not message.reply:
+                return None
+            try:
+                return wire.sync_from_json(wire.json_object(body))
+            except wire.MalformedMessage as e:
+                raise PeerError(f"{address} sent a bad sync reply: {e}") from None
+
+        return Deferred.fromCoroutine(go())

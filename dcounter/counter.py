@@ -1,0 +1,126 @@
+# -*- test-case-name: tests.test_counter -*-
+"""
+Named PN-counters: the replicated state of a node.
+
+Pure Python, no I/O and no Twisted.  Each counter holds, per replica, a
+grow-only total of increments (P) and of decrements (N); its value is
+sum(P) - sum(N).  Merging takes the per-replica maximum of each total, so it
+is commutative, associative and idempotent: state may arrive any number of
+times, in any order, by any path, and every replica converges.
+
+A replica only ever adds to its own slot.  Everything it learns from others
+arrives through `merge`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+#: The largest total one slot may hold: SQLite's INTEGER is a signed 64-bit
+#: number, and every store must be able to keep every slot.
+MAX_SLOT = 2**63 - 1
+
+#: (P, N): the increments and decrements one replica made to one counter.
+Slot = tuple[int, int]
+#: counter name -> replica id -> slot.  The shape of state on the wire and in
+#: the store.
+State = Mapping[str, Mapping[str, Slot]]
+#: (counter name, replica id): the address of one slot.
+SlotKey = tuple[str, str]
+
+#: The counter that the original single-counter endpoints serve.
+DEFAULT_COUNTER = "default"
+
+
+class CounterOverflow(ValueError):
+    """
+    Adding this amount would take a slot past L{MAX_SLOT}.
+    """
+
+
+class Counters:
+    """
+    A map of counter name to PN-counter.
+    """
+
+    def __init__(self, state: State | None = None) -> None:
+        self._slots: dict[str, dict[str, Slot]] = {}
+        self._values: dict[str, int] = {}
+        if state:
+            self.merge(state)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._slots
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def value(self, name: str) -> int:
+        """
+        The value of counter C{name}: 0 for a counter never written.
+        """
+        return self._values.get(name, 0)
+
+    def values(self) -> dict[str, int]:
+        """
+        Every counter's value, by name.
+        """
+        return dict(self._values)
+
+    def slot(self, name: str, replica: str) -> Slot:
+        return self._slots.get(name, {}).get(replica, (0, 0))
+
+    def add(self, name: str, replica: str, amount: int) -> Slot:
+        """
+        Count C{amount} (positive: an increment, negative: a decrement) in
+        C{replica}'s own slot of counter C{name}; return the new slot.
+
+        @raise CounterOverflow: if the slot's total would exceed L{MAX_SLOT}.
+        @raise ValueError: for an amount of 0.
+        """
+        if amount == 0:
+            raise ValueError("amount must not be 0")
+        p, n = self.slot(name, replica)
+        if amount > 0:
+            p += amount
+        else:
+            n -= amount
+        if p > MAX_SLOT or n > MAX_SLOT:
+            raise CounterOverflow(f"counter {name!r} would overflow")
+        self._slots.setdefault(name, {})[replica] = (p, n)
+        self._values[name] = self._values.get(name, 0) + amount
+        return (p, n)
+
+    def merge(self, state: State) -> list[SlotKey]:
+        """
+        Merge another replica's state (whole or partial) into this one.
+
+        @return: the keys of the slots that grew.
+        """
+        grown: list[SlotKey] = []
+        for name, replicas in state.items():
+            mine = self._slots.setdefault(name, {})
+            delta = 0
+            for replica, (p, n) in replicas.items():
+                old_p, old_n = mine.get(replica, (0, 0))
+                new_p, new_n = max(old_p, p), max(old_n, n)
+                if (new_p, new_n) != (old_p, old_n):
+                    mine[replica] = (new_p, new_n)
+                    delta += (new_p - old_p) - (new_n - old_n)
+                    grown.append((name, replica))
+            if not mine:
+                del self._slots[name]
+            else:
+                self._values[name] = self._values.get(name, 0) + delta
+        return grown
+
+    def state(self, keys: Iterable[SlotKey] | None = None) -> dict[str, dict[str, Slot]]:
+        """
+        A copy of the state: all of it, or only the slots named by C{keys}.
+        """
+        if keys is None:
+            return {name: dict(replicas) for name, replicas in self._slots.items()}
+        out: dict[str, dict[str, Slot]] = {}
+        for name, replica in keys:
+            out.setdefault(name, {})[replica] = self.slot(name, replica)
+        return out

@@ -1,0 +1,169 @@
+# -*- test-case-name: tests.test_health -*-
+"""
+The health checker: probes peers, and admits new ones.
+
+Every C{interval} seconds it asks each known peer (dead ones too, so that
+they come back as soon as they answer) and each seed not yet known who it
+is.  The answers go to the membership table, which decides alive, suspect and
+dead.  Admission is a probe with conditions: a node becomes a peer only after
+it answers at its address as the node it claims to be, in our cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from dcounter import wire
+from dcounter.client import PeerClient
+from dcounter.membership import Membership, PeerState
+from dcounter.node import Node
+
+
+class AdmissionError(Exception):
+    """
+    A would-be peer did not answer as the dcounter node it claims to be.
+    """
+
+
+class HealthChecker(Service):
+    log = Logger()
+
+    def __init__(
+        self,
+        node: Node,
+        membership: Membership,
+        client: PeerClient,
+        clock: Any,
+        *,
+        interval: float = 1.0,
+        seeds: Iterable[str] = (),
+    ) -> None:
+        self.node = node
+        self.membership = membership
+        self.client = client
+        self.clock = clock
+        self.interval = interval
+        self.seeds = list(seeds)
+        self._probing: set[str] = set()
+        self._admitting: dict[str, Deferred[str]] = {}
+        self._seed_ids: dict[str, str] = {}
+        self._rejected_until: dict[str, float] = {}
+        self._loop = LoopingCall(self.check_once)
+        self._loop.clock = clock
+        membership.subscribe(self._log_change)
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop.start(self.interval, now=True)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()
+
+    def _log_change(self, peer: str, old: PeerState | None, new: PeerState | None) -> None:
+        self.log.info(
+            "peer {peer}: {old} -> {new}",
+            peer=peer,
+            old=old.value if old else "unknown",
+            new=new.value if new else "forgotten",
+        )
+
+    def check_once(self) -> None:
+        """
+        One round: expire old entries, probe every known peer, retry seeds.
+        Never raises: an error here would end the loop for good.
+        """
+        try:
+            now = self.clock.seconds()
+            self.membership.expire(now)
+            for address, until in list(self._rejected_until.items()):
+                if until <= now:
+                    del self._rejected_until[address]
+            for peer in self.membership.known():
+                if peer not in self._probing:
+                    self._probe(peer)
+            for seed in self.seeds:
+                known = self._seed_ids.get(seed)
+                if (known is None or known not in self.membership) and seed not in self._admitting:
+                    self.admit(seed).addErrback(lambda f: None)
+        except Exception:
+            self.log.failure("health check round failed")
+
+    def _probe(self, peer: str) -> None:
+        self._probing.add(peer)
+        d = self.client.hello(peer)
+
+        def answered(hello: wire.Hello) -> None:
+            now = self.clock.seconds()
+            if hello.node_id == peer and hello.cluster == self.node.cluster:
+                self.membership.heard_from(peer, now, hello.incarnation)
+            else:
+                self.membership.failed(peer, now)
+
+        def failed(reason: object) -> None:
+            self.membership.failed(peer, self.clock.seconds())
+
+        d.addCallbacks(answered, failed)
+        d.addErrback(lambda f: self.log.failure("probe of {peer} failed", f, peer=peer))
+        d.addBoth(lambda _: self._probing.discard(peer))
+
+    def consider(self, address: str) -> None:
+        """
+        A node id heard of (through gossip or discovery): admit it if it
+        answers as itself.  At most one probe at a time per address, and
+        none for C{5 * interval} after one fails, so that a stale or forged
+        name costs little.
+        """
+        now = self.clock.seconds()
+        if address in self._admitting or self._rejected_until.get(address, 0) > now:
+            return
+
+        def rejected(reason: Any) -> None:
+            self._rejected_until[address] = self.clock.seconds() + 5 * self.interval
+            self.log.debug("not admitting {address}: {reason}", address=address, reason=reason.value)
+
+        self.admit(address, expected_id=address).addErrback(rejected)
+
+    def admit(self, address: str, expected_id: str | None = None, *, force: bool = False) -> Deferred[str]:
+        """
+        Probe C{address}; if it answers as a dcounter node of our cluster (as
+        C{expected_id}, if given), make it a peer.
+
+        @param force: admit it even if an operator removed it recently.
+        @return: a Deferred firing with its node id, or failing with
+            L{AdmissionError}.
+        """
+
+        async def go() -> str:
+            try:
+                hello = await self.client.hello(address)
+            except Exception as e:
+                raise AdmissionError(f"{address} did not answer as a dcounter node: {e}") from None
+            if expected_id is not None and hello.node_id != expected_id:
+                raise AdmissionError(f"{address} says it is {hello.node_id}, not {expected_id}")
+            if hello.cluster != self.node.cluster:
+                raise AdmissionError(f"{address} belongs to cluster {hello.cluster!r}")
+            if hello.node_id == self.node.node_id:
+                raise AdmissionError(f"{address} is this node")
+            self._seed_ids[address] = hello.node_id
+            now = self.clock.seconds()
+            if not self.membership.heard_from(hello.node_id, now, hello.incarnation, force=force):
+                raise AdmissionError(f"{hello.node_id} was removed recently and is quarantined")
+            return hello.node_id
+
+        d = Deferred.fromCoroutine(go())
+        self._admitting[address] = d
+
+        def done(result: object) -> object:
+            if self._admitting.get(address) is d:
+                del self._admitting[address]
+            return result
+
+        return d.addBoth(done)

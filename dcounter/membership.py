@@ -1,0 +1,200 @@
+# -*- test-case-name: tests.test_membership -*-
+"""
+The peer table: who is in the cluster, and what we believe of each.
+
+Pure: time is passed in, nothing here does I/O.  This is the one place where
+a peer becomes alive, suspect or dead, is forgotten, or is quarantined.
+
+A peer that fails C{suspect_after} consecutive probes is I{suspect}: still
+listed and still replicated to, since it may only be slow.  At C{dead_after}
+consecutive failures it is I{dead}: it leaves the peer list but is still
+probed, so that it is re-admitted as soon as it answers or contacts us.  A dead
+peer silent for C{forget_after} seconds is forgotten.  A peer removed by an
+operator is quarantined for C{quarantine} seconds: nothing but another explicit
+registration brings it back before then.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+class PeerState(enum.Enum):
+    ALIVE = "alive"
+    SUSPECT = "suspect"
+    DEAD = "dead"
+
+
+@dataclass
+class Peer:
+    id: str
+    state: PeerState
+    since: float
+    last_seen: float
+    failures: int = 0
+    incarnation: str | None = None
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "state": self.state.value,
+            "since": self.since,
+            "last_seen": self.last_seen,
+            "failures": self.failures,
+            "incarnation": self.incarnation,
+        }
+
+
+#: Called with (peer id, old state or None for a new peer, new state or None
+#: for a peer forgotten or removed).
+Listener = Callable[[str, "PeerState | None", "PeerState | None"], None]
+
+
+class Membership:
+    def __init__(
+        self,
+        self_id: str,
+        *,
+        suspect_after: int = 1,
+        dead_after: int = 2,
+        forget_after: float = 600.0,
+        quarantine: float = 60.0,
+    ) -> None:
+        if not 1 <= suspect_after <= dead_after:
+            raise ValueError("need 1 <= suspect_after <= dead_after")
+        self.self_id = self_id
+        self.suspect_after = suspect_after
+        self.dead_after = dead_after
+        self.forget_after = forget_after
+        self.quarantine = quarantine
+        self._peers: dict[str, Peer] = {}
+        self._quarantined: dict[str, float] = {}
+        self._listeners: list[Listener] = []
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def _set(self, peer: Peer, state: PeerState | None, now: float) -> None:
+        old = peer.state if peer.id in self._peers else None
+        if state is None:
+            self._peers.pop(peer.id, None)
+        else:
+            if state != old:
+                peer.since = now
+            peer.state = state
+            self._peers[peer.id] = peer
+        if state != old:
+            for listener in self._listeners:
+                listener(peer.id, old, state)
+
+    # What we learn of peers.
+
+    def heard_from(
+        self, peer_id: str, now: float, incarnation: str | None = None, *, force: bool = False
+    ) -> bool:
+        """
+        C{peer_id} answered a probe or contacted us: it is alive.
+
+        @param force: admit it even if an operator removed it recently (an
+            explicit registration).
+        @return: whether it is in the table now (False for ourselves and for
+            a quarantined peer).
+        """
+        if peer_id == self.self_id:
+            return False
+        if self.is_quarantined(peer_id, now):
+            if not force:
+                return False
+            del self._quarantined[peer_id]
+        peer = self._peers.get(peer_id)
+        if peer is None:
+            peer = Peer(peer_id, PeerState.ALIVE, since=now, last_seen=now)
+        peer.last_seen = now
+        peer.failures = 0
+        if incarnation is not None:
+            peer.incarnation = incarnation
+        self._set(peer, PeerState.ALIVE, now)
+        return True
+
+    def failed(self, peer_id: str, now: float) -> PeerState | None:
+        """
+        A probe of C{peer_id} failed.
+
+        @return: its state now, or None if it is not in the table.
+        """
+        peer = self._peers.get(peer_id)
+        if peer is None:
+            return None
+        peer.failures += 1
+        if peer.failures >= self.dead_after:
+            self._set(peer, PeerState.DEAD, now)
+        elif peer.failures >= self.suspect_after:
+            self._set(peer, PeerState.SUSPECT, now)
+        return peer.state
+
+    def remove(self, peer_id: str, now: float) -> bool:
+        """
+        An operator removed C{peer_id}: forget it and quarantine it.
+
+        @return: whether it was in the table.
+        """
+        self._quarantined[peer_id] = now + self.quarantine
+        peer = self._peers.get(peer_id)
+        if peer is None:
+            return False
+        self._set(peer, None, now)
+        return True
+
+    def expire(self, now: float) -> list[str]:
+        """
+        Forget dead peers silent for too long, end finished quarantines.
+
+        @return: the ids of the peers forgotten.
+        """
+        for peer_id, until in list(self._quarantined.items()):
+            if until <= now:
+                del self._quarantined[peer_id]
+        gone = [
+            p
+            for p in self._peers.values()
+            if p.state is PeerState.DEAD and now - p.last_seen >= self.forget_after
+        ]
+        for peer in gone:
+            self._set(peer, None, now)
+        return [p.id for p in gone]
+
+    # What others ask of the table.
+
+    def is_quarantined(self, peer_id: str, now: float) -> bool:
+        until = self._quarantined.get(peer_id)
+        return until is not None and until > now
+
+    def get(self, peer_id: str) -> Peer | None:
+        return self._peers.get(peer_id)
+
+    def __contains__(self, peer_id: object) -> bool:
+        return peer_id in self._peers
+
+    def live(self) -> list[str]:
+        """
+        The peers believed alive (alive or only suspect), sorted: the ones
+        we list, replicate to and gossip with.
+        """
+        return sorted(p.id for p in self._peers.values() if p.state is not PeerState.DEAD)
+
+    def known(self) -> list[str]:
+        """
+        Every peer in the table, dead ones included: the ones we probe.
+        """
+        return sorted(self._peers)
+
+    def peers(self) -> list[Peer]:
+        return [self._peers[k] for k in sorted(self._peers)]
+
+    def counts(self) -> dict[str, int]:
+        counts = {state.value: 0 for state in PeerState}
+        for peer in self._peers.values():
+            counts[peer.state.value] += 1
+        return counts

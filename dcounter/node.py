@@ -1,0 +1,124 @@
+# -*- test-case-name: tests.test_node -*-
+"""
+The counters of one node: local writes made durable, peers' state merged.
+
+No networking here.  A local write is acknowledged once the store has made it
+durable; only then is it offered to the replicator, and the state a node
+sends to its peers never shows its own slot beyond what is durable.  A node
+that crashes and restarts with its data therefore never finds a peer holding
+more of its own slot than it does, and cannot count the same number twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+
+from dcounter.counter import Counters, Slot, SlotKey, State
+
+#: Told of local writes once they are durable, with the slots they changed.
+WriteListener = Callable[[list[SlotKey]], None]
+
+
+class Node:
+    log = Logger()
+
+    def __init__(self, store: Any, cluster: str, clock: Any) -> None:
+        self.store = store
+        self.identity = store.identity
+        self.cluster = cluster
+        self.clock = clock
+        self.started = clock.seconds()
+        self.counters = Counters(store.load())
+        self._durable: dict[str, Slot] = {
+            name: slots[self.replica]
+            for name, slots in self.counters.state().items()
+            if self.replica in slots
+        }
+        self._listeners: list[WriteListener] = []
+
+    @property
+    def node_id(self) -> str:
+        return self.identity.node_id
+
+    @property
+    def replica(self) -> str:
+        return self.identity.replica
+
+    def subscribe(self, listener: WriteListener) -> None:
+        self._listeners.append(listener)
+
+    def uptime(self) -> float:
+        return self.clock.seconds() - self.started
+
+    def value(self, name: str) -> int:
+        return self.counters.value(name)
+
+    def add(self, name: str, amount: int) -> Deferred[int]:
+        """
+        Count C{amount} (negative for a decrement) on counter C{name}.
+
+        @return: a Deferred that fires with the counter's value just after
+            this write, once the write is durable.
+        @raise dcounter.counter.CounterOverflow: at once, changing nothing.
+        """
+        slot = self.counters.add(name, self.replica, amount)
+        value = self.counters.value(name)
+
+        def durable(_: None) -> int:
+            self._mark_durable(name, slot)
+            key = (name, self.replica)
+            for listener in self._listeners:
+                listener([key])
+            return value
+
+        return self.store.save({name: {self.replica: slot}}).addCallback(durable)
+
+    def raise_to(self, name: str, target: int) -> Deferred[int]:
+        """
+        The original's /sync: raise counter C{name} to at least C{target}, by
+        counting the difference in this node's own slot.
+        """
+        current = self.counters.value(name)
+        if target <= current:
+            return succeed(current)
+        return self.add(name, target - current)
+
+    def merge(self, state: State) -> list[SlotKey]:
+        """
+        Merge a peer's state; store what grew.
+
+        @return: the slots that grew.
+        """
+        grown = self.counters.merge(state)
+        if grown:
+            changed = self.counters.state(grown)
+            own = {name: slots[self.replica] for name, slots in changed.items() if self.replica in slots}
+            for name, slot in own.items():
+                # Peers hold this much of our own slot already (we lost it,
+                # or a backup was restored): it is as safe as durable.
+                self._mark_durable(name, slot)
+            self.store.save(changed).addErrback(lambda f: self.log.failure("could not store merged state", f))
+        return grown
+
+    def outgoing(self, keys: Iterable[SlotKey] | None = None) -> State:
+        """
+        State to send to peers: all of it, or the slots named by C{keys},
+        with this node's own slots as far as they are durable.
+        """
+        state = self.counters.state(keys)
+        for name, slots in state.items():
+            if self.replica in slots:
+                durable = self._durable.get(name)
+                if durable is None:
+                    del slots[self.replica]
+                else:
+                    slots[self.replica] = durable
+        return {name: slots for name, slots in state.items() if slots}
+
+    def _mark_durable(self, name: str, slot: Slot) -> None:
+        p, n = self._durable.get(name, (0, 0))
+        self._durable[name] = (max(p, slot[0]), max(n, slot[1]))

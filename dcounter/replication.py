@@ -1,0 +1,188 @@
+# -*- test-case-name: tests.test_replication -*-
+"""
+Replication: both sides of POST /sync between peers.
+
+Pushes: every durable local write marks its slot in the outbox of each live
+peer; a flush, one reactor turn later, sends each peer the current value of
+every slot marked for it, in one request.  While a request to a peer is in
+flight, new writes wait in its outbox, so under load each request carries many
+increments and no peer ever has more than one push outstanding.
+
+Anti-entropy: every C{interval} seconds, a push-pull of whole state with one
+live peer chosen at random, and at once with every peer that joins or comes
+back.  It repairs whatever a push missed (a peer down, a partition), since
+merging is idempotent.
+
+Gossip: every sync carries the sender's live peers, and names we do not know
+are handed to admission, so a node that knows one member learns all.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from dcounter import wire
+from dcounter.client import PeerClient
+from dcounter.counter import SlotKey
+from dcounter.membership import Membership, PeerState
+from dcounter.node import Node
+
+
+class WrongCluster(Exception):
+    """
+    A sync came from a node of another cluster.
+    """
+
+
+class Replicator(Service):
+    log = Logger()
+
+    def __init__(
+        self,
+        node: Node,
+        membership: Membership,
+        client: PeerClient,
+        clock: Any,
+        consider: Callable[[str], None],
+        *,
+        interval: float = 2.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.node = node
+        self.membership = membership
+        self.client = client
+        self.clock = clock
+        self.consider = consider
+        self.interval = interval
+        self._rng = rng or random.Random()
+        self._outbox: dict[str, set[SlotKey]] = {}
+        self._in_flight: set[str] = set()
+        self._flush_call: Any = None
+        self._loop = LoopingCall(self.anti_entropy)
+        self._loop.clock = clock
+        node.subscribe(self.local_write)
+        membership.subscribe(self._peer_changed)
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop.start(self.interval, now=False)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+
+    # Outgoing.
+
+    def _message(self, state: Any, reply: bool) -> wire.Sync:
+        return wire.Sync(
+            sender=self.node.node_id,
+            incarnation=self.node.identity.incarnation,
+            cluster=self.node.cluster,
+            state=state,
+            members=tuple(self.membership.live()),
+            reply=reply,
+        )
+
+    def local_write(self, keys: list[SlotKey]) -> None:
+        for peer in self.membership.live():
+            self._outbox.setdefault(peer, set()).update(keys)
+        if self._flush_call is None:
+            self._flush_call = self.clock.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        """
+        Push each peer's outbox, unless a push to it is in flight already.
+        """
+        self._flush_call = None
+        for peer, keys in list(self._outbox.items()):
+            if keys and peer not in self._in_flight:
+                self._outbox[peer] = set()
+                self._push(peer, keys)
+
+    def _push(self, peer: str, keys: set[SlotKey]) -> None:
+        self._in_flight.add(peer)
+        d = self.client.sync(peer, self._message(self.node.outgoing(keys), reply=False))
+
+        def failed(reason: Any) -> None:
+            # Keep the slots for the next flush (a later write or the next
+            # anti-entropy round), unless the peer has left meanwhile.
+            if peer in self._outbox:
+                self._outbox[peer].update(keys)
+            self.log.debug("push to {peer} failed: {reason}", peer=peer, reason=reason.value)
+
+        def done(_: object) -> None:
+            self._in_flight.discard(peer)
+            if self._outbox.get(peer) and self._flush_call is None:
+                self._flush_call = self.clock.callLater(0, self.flush)
+
+        d.addErrback(failed).addBoth(done)
+
+    def exchange(self, peer: str) -> Deferred[None]:
+        """
+        Push-pull whole state with C{peer}.
+        """
+        d = self.client.sync(peer, self._message(self.node.outgoing(), reply=True))
+
+        def merge(reply: wire.Sync | None) -> None:
+            if reply is not None:
+                self.received(reply)
+
+        def failed(reason: Any) -> None:
+            self.log.debug("anti-entropy with {peer} failed: {reason}", peer=peer, reason=reason.value)
+
+        return d.addCallbacks(merge, failed)
+
+    def anti_entropy(self) -> None:
+        """
+        One anti-entropy round.  Never raises: it runs in a LoopingCall.
+        """
+        try:
+            live = self.membership.live()
+            if live:
+                self.exchange(self._rng.choice(live))
+            self.flush()
+        except Exception:
+            self.log.failure("anti-entropy round failed")
+
+    def _peer_changed(self, peer: str, old: PeerState | None, new: PeerState | None) -> None:
+        if new is PeerState.ALIVE and old in (None, PeerState.DEAD):
+            self._outbox.setdefault(peer, set())
+            self.exchange(peer)
+        elif new in (None, PeerState.DEAD):
+            self._outbox.pop(peer, None)
+
+    # Incoming.
+
+    def received(self, sync: wire.Sync) -> wire.Sync | None:
+        """
+        A peer's sync (a push, a push-pull, or the reply to ours).
+
+        @return: our whole state, if the peer asked for it.
+        @raise WrongCluster: if it comes from another cluster; nothing changes.
+        """
+        if sync.cluster != self.node.cluster:
+            raise WrongCluster(f"this node belongs to cluster {self.node.cluster!r}, not {sync.cluster!r}")
+        self.node.merge(sync.state)
+        now = self.clock.seconds()
+        if sync.sender in self.membership:
+            self.membership.heard_from(sync.sender, now, sync.incarnation)
+        for member in (sync.sender, *sync.members):
+            if (
+                member != self.node.node_id
+                and member not in self.membership
+                and not self.membership.is_quarantined(member, now)
+            ):
+                self.consider(member)
+        if sync.reply:
+            return self._message(self.node.outgoing(), reply=False)
+        return None

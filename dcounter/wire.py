@@ -1,0 +1,318 @@
+# -*- test-case-name: tests.test_wire -*-
+"""
+Wire formats: what crosses the network, decoded and checked at the edge.
+
+Every message a peer or a client sends is decoded here, into plain values the
+rest of the code can trust; whatever does not fit raises L{MalformedMessage}
+with a message fit to send back.  Encoding is here too, so that each format
+has one home.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from dcounter.counter import MAX_SLOT, Slot, State
+
+#: A JSON request body larger than this is refused (413) before it is parsed.
+MAX_BODY = 64 * 1024
+#: Peer state messages may be larger: they carry whole counter maps.
+MAX_SYNC_BODY = 16 * 1024 * 1024
+#: The largest amount one request may add or subtract.
+MAX_AMOUNT = 2**53 - 1
+MAX_NAME = 128
+MAX_MEMBERS = 4096
+
+_COUNTER_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.:-]{{0,{MAX_NAME - 1}}}\Z")
+_HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?\Z")
+_IPV6 = re.compile(r"\[[0-9A-Fa-f:.]{2,45}\]\Z")
+_TOKEN = re.compile(rf"[A-Za-z0-9_.:/\[\]-]{{1,{MAX_NAME}}}\Z")
+
+
+class MalformedMessage(ValueError):
+    """
+    A message does not decode, or a field of it is missing or wrong.  The
+    text says what, for the sender.
+    """
+
+
+# Scalars.
+
+
+def counter_name(value: object) -> str:
+    if not isinstance(value, str) or not _COUNTER_NAME.match(value):
+        raise MalformedMessage(
+            f"counter names are 1 to {MAX_NAME} letters, digits, '_', '.', ':' or '-',"
+            " starting with a letter or digit"
+        )
+    return value
+
+
+def address(value: object, what: str = "address") -> str:
+    """
+    Check a C{HOST:PORT} peer address (a node id) and return it.
+    """
+    if not isinstance(value, str) or len(value) > 300:
+        raise MalformedMessage(f"{what} must be a HOST:PORT string")
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or port != str(int(port)):
+        raise MalformedMessage(f"{what} must be HOST:PORT with a port from 1 to 65535")
+    if not (_HOSTNAME.match(host) or _IPV6.match(host)):
+        raise MalformedMessage(f"{what} has an invalid host: {host!r}")
+    return value
+
+
+def split_address(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def amount(value: object, what: str = "by") -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MalformedMessage(f"{what!r} must be an integer")
+    if not 1 <= value <= MAX_AMOUNT:
+        raise MalformedMessage(f"{what!r} must be from 1 to {MAX_AMOUNT}")
+    return value
+
+
+def _count(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SLOT:
+        raise MalformedMessage(f"{what} must be an integer from 0 to {MAX_SLOT}")
+    return value
+
+
+def _token(value: object, what: str) -> str:
+    if not isinstance(value, str) or not _TOKEN.match(value):
+        raise MalformedMessage(f"{what} must be a short string of [A-Za-z0-9_.:/-]")
+    return value
+
+
+# JSON bodies.
+
+
+def json_object(body: bytes, *, optional: bool = False) -> dict[str, Any]:
+    """
+    Decode a request body that must be a JSON object.
+
+    @param optional: an empty body stands for C{{}}.
+    """
+    if optional and not body.strip():
+        return {}
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError):
+        raise MalformedMessage("body is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise MalformedMessage("body must be a JSON object")
+    return value
+
+
+def only(obj: Mapping[str, Any], *allowed: str) -> None:
+    extra = sorted(set(obj) - set(allowed))
+    if extra:
+        raise MalformedMessage(f"unknown field(s): {', '.join(extra)}")
+
+
+def amount_body(body: bytes) -> int:
+    """
+    The body of an increment or decrement: empty, or C{{"by": n}}.
+    """
+    obj = json_object(body, optional=True)
+    only(obj, "by")
+    return amount(obj.get("by", 1))
+
+
+def id_body(body: bytes) -> str:
+    """
+    The body of /register and /remove-peer: C{{"id": "HOST:PORT"}}.
+    """
+    obj = json_object(body)
+    only(obj, "id")
+    if "id" not in obj:
+        raise MalformedMessage("missing field 'id'")
+    return address(obj["id"], "'id'")
+
+
+def encode_state(state: State) -> dict[str, dict[str, list[int]]]:
+    return {name: {r: [p, n] for r, (p, n) in replicas.items()} for name, replicas in state.items()}
+
+
+def decode_state(value: object) -> dict[str, dict[str, Slot]]:
+    if not isinstance(value, dict):
+        raise MalformedMessage("'state' must be an object of counters")
+    out: dict[str, dict[str, Slot]] = {}
+    for name, replicas in value.items():
+        counter_name(name)
+        if not isinstance(replicas, dict):
+            raise MalformedMessage("each counter in 'state' must be an object of replicas")
+        slots: dict[str, Slot] = {}
+        for replica, slot in replicas.items():
+            _token(replica, "a replica id")
+            if not isinstance(slot, list) or len(slot) != 2:
+                raise MalformedMessage("each slot must be [P, N]")
+            slots[replica] = (_count(slot[0], "P"), _count(slot[1], "N"))
+        out[name] = slots
+    return out
+
+
+@dataclass(frozen=True)
+class Sync:
+    """
+    A peer's state, pushed to us (POST /sync), or its reply.
+
+    @ivar reply: the sender wants our whole state back (anti-entropy).
+    """
+
+    sender: str
+    incarnation: str
+    cluster: str
+    state: State
+    members: tuple[str, ...] = ()
+    reply: bool = False
+
+
+@dataclass(frozen=True)
+class LegacySync:
+    """
+    The original's C{{"count": N}}: raise this node's count to at least N.
+    """
+
+    count: int
+
+
+def decode_sync(body: bytes) -> Sync | LegacySync:
+    obj = json_object(body)
+    if "count" in obj and "state" not in obj:
+        only(obj, "count")
+        return LegacySync(_count(obj["count"], "'count'"))
+    return sync_from_json(obj)
+
+
+def sync_from_json(obj: object) -> Sync:
+    if not isinstance(obj, dict):
+        raise MalformedMessage("a sync message must be a JSON object")
+    only(obj, "from", "incarnation", "cluster", "state", "members", "reply")
+    for key in ("from", "incarnation", "cluster", "state"):
+        if key not in obj:
+            raise MalformedMessage(f"missing field {key!r}")
+    members = obj.get("members", [])
+    if not isinstance(members, list) or len(members) > MAX_MEMBERS:
+        raise MalformedMessage(f"'members' must be a list of at most {MAX_MEMBERS} addresses")
+    reply = obj.get("reply", False)
+    if not isinstance(reply, bool):
+        raise MalformedMessage("'reply' must be true or false")
+    return Sync(
+        sender=address(obj["from"], "'from'"),
+        incarnation=_token(obj["incarnation"], "'incarnation'"),
+        cluster=_token(obj["cluster"], "'cluster'"),
+        state=decode_state(obj["state"]),
+        members=tuple(address(m, "a member") for m in members),
+        reply=reply,
+    )
+
+
+def encode_sync(msg: Sync) -> dict[str, Any]:
+    return {
+        "from": msg.sender,
+        "incarnation": msg.incarnation,
+        "cluster": msg.cluster,
+        "state": encode_state(msg.state),
+        "members": list(msg.members),
+        "reply": msg.reply,
+    }
+
+
+@dataclass(frozen=True)
+class Hello:
+    """
+    What a node says of itself in GET /health: enough for a peer to admit it.
+    """
+
+    node_id: str
+    incarnation: str
+    cluster: str
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def decode_hello(body: bytes) -> Hello:
+    obj = json_object(body)
+    if obj.get("status") != "ok":
+        raise MalformedMessage("not a healthy dcounter node")
+    return Hello(
+        node_id=address(obj.get("node_id"), "'node_id'"),
+        incarnation=_token(obj.get("incarnation"), "'incarnation'"),
+        cluster=_token(obj.get("cluster"), "'cluster'"),
+    )
+
+
+def encode_hello(hello: Hello) -> dict[str, Any]:
+    return {
+        "status": "ok",
+        "node_id": hello.node_id,
+        "incarnation": hello.incarnation,
+        "cluster": hello.cluster,
+        **hello.extra,
+    }
+
+
+# Discovery datagrams.
+
+#: A discovery datagram larger than this is dropped unread.
+MAX_DATAGRAM = 1024
+_ANNOUNCE_VERSION = 1
+_KINDS = ("announce", "reply")
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """
+    A node saying where it is, by UDP.  C{kind} is C{"announce"} (broadcast,
+    answered by nodes that do not know the sender yet) or C{"reply"}
+    (unicast, never answered).
+    """
+
+    cluster: str
+    node_id: str
+    http: str
+    incarnation: str
+    kind: str = "announce"
+
+
+def encode_announcement(a: Announcement) -> bytes:
+    data = json.dumps(
+        {
+            "dcounter": _ANNOUNCE_VERSION,
+            "kind": a.kind,
+            "cluster": a.cluster,
+            "node_id": a.node_id,
+            "http": a.http,
+            "incarnation": a.incarnation,
+        },
+        separators=(",", ":"),
+    ).encode()
+    if len(data) > MAX_DATAGRAM:
+        raise MalformedMessage("announcement too large")
+    return data
+
+
+def decode_announcement(data: bytes) -> Announcement:
+    if len(data) > MAX_DATAGRAM:
+        raise MalformedMessage(f"datagram of {len(data)} bytes, more than {MAX_DATAGRAM}")
+    obj = json_object(data)
+    if obj.get("dcounter") != _ANNOUNCE_VERSION:
+        raise MalformedMessage("not a dcounter announcement of a known version")
+    only(obj, "dcounter", "kind", "cluster", "node_id", "http", "incarnation")
+    kind = obj.get("kind")
+    if kind not in _KINDS:
+        raise MalformedMessage(f"'kind' must be one of {', '.join(_KINDS)}")
+    return Announcement(
+        cluster=_token(obj.get("cluster"), "'cluster'"),
+        node_id=address(obj.get("node_id"), "'node_id'"),
+        http=address(obj.get("http"), "'http'"),
+        incarnation=_token(obj.get("incarnation"), "'incarnation'"),
+        kind=kind,
+    )

@@ -1,0 +1,25 @@
+from setuptools import setup
+
+setup(
+    name="dcounter",
+    version="0.1.0",
+    description="A peer-to-peer distributed counter daemon on Twisted",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=["dcounter", "twisted.plugins"],
+    package_data={"twisted": ["plugins/dcounter_plugin.py"]},
+    install_requires=[
+        "twisted>=23.10",
+        "klein>=23.5",
+        "treq>=23.11",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-twisted>=1.14",
+            "hypothesis>=6",
+            "ruff>=0.6",
+        ],
+    },
+)

@@ -1,0 +1,219 @@
+"""
+Real dcounter nodes for integration tests: `twistd` processes on real sockets.
+
+Each L{Node} is one `twistd -n dcounter` child process with its own data
+directory and log file.  Helpers talk to nodes with plain blocking HTTP
+(urllib) and poll for conditions with a deadline: no sleeps stand in for
+a condition.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+#: twistd of the running interpreter (python -m twisted is `twist`, another runner).
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+class NodeExited(Exception):
+    pass
+
+
+def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def free_ports(n: int) -> list[int]:
+    """
+    C{n} distinct free TCP ports (held open together, so they differ).
+    """
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, interval: float = 0.02, what: str = "") -> Any:
+    """
+    Poll C{condition} until it returns something true; return it.  Raise
+    AssertionError after C{timeout} seconds, with the last value seen.
+    """
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            last = condition()
+        except NodeExited:
+            raise
+        except Exception as e:  # a node not up yet, a refused connection
+            last = e
+        else:
+            if last:
+                return last
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}: last {last!r}")
+        time.sleep(interval)
+
+
+def http(method: str, url: str, body: object = None, timeout: float = 5.0) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+class Node:
+    def __init__(
+        self,
+        port: int,
+        workdir: Path,
+        *,
+        host: str = "127.0.0.1",
+        args: Sequence[str] = (),
+        prefix: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.port = port
+        self.host = host
+        self.id = f"{host}:{port}"
+        self.url = f"http://{host}:{port}"
+        self.workdir = workdir
+        self.data_dir = workdir / f"data-{self.id}"
+        self.log_path = workdir / f"node-{self.id}.log"
+        self.args = list(args)
+        self.prefix = list(prefix)
+        self.env = env
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        return [
+            *self.prefix,
+            *TWISTD,
+            "-n",
+            "--pidfile=",
+            f"--logfile={self.log_path}",
+            "dcounter",
+            "--port",
+            str(self.port),
+            "--listen",
+            f"tcp:{self.port}:interface={self.host}",
+            "--advertise",
+            self.id,
+            "--data-dir",
+            str(self.data_dir),
+            *self.args,
+        ]
+
+    def start(self) -> Node:
+        assert self.process is None or self.process.poll() is not None, "already running"
+        env = dict(os.environ if self.env is None else self.env)
+        self.process = subprocess.Popen(
+            self.command(), cwd=self.workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        return self
+
+    def wait_up(self, timeout: float = 15.0) -> Node:
+        def up() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                stderr = self.process.stderr.read().decode() if self.process.stderr else ""
+                raise NodeExited(f"node {self.id} exited: {stderr[-2000:]}\n{self.log()[-2000:]}")
+            return self.get("/health")[0] == 200
+
+        wait_for(up, timeout, what=f"{self.id} to answer")
+        return self
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(timeout=20)
+
+    def stop(self) -> None:
+        self.kill(signal.SIGTERM)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text()
+        except FileNotFoundError:
+            return ""
+
+    def get(self, path: str) -> tuple[int, Any]:
+        return http("GET", self.url + path)
+
+    def post(self, path: str, body: object = None) -> tuple[int, Any]:
+        return http("POST", self.url + path, body)
+
+    def peers(self) -> set[str]:
+        status, body = self.get("/peers")
+        assert status == 200, body
+        return set(body)
+
+    def count(self, name: str | None = None) -> int:
+        status, body = self.get("/count" if name is None else f"/counters/{name}")
+        assert status == 200, body
+        return int(body["count"])
+
+
+class Cluster:
+    """
+    A set of nodes sharing a cluster name and a discovery port, so that
+    tests never hear each other (or a `make cluster` on the same host).
+    """
+
+    def __init__(self, workdir: Path, *, discovery: bool = False, extra: Iterable[str] = ()) -> None:
+        self.workdir = workdir
+        self.name = "t-" + uuid.uuid4().hex[:10]
+        self.discovery_port = free_port(socket.SOCK_DGRAM)
+        self.discovery = discovery
+        self.extra = list(extra)
+        self.nodes: list[Node] = []
+
+    def add(
+        self, port: int | None = None, *, peers: Iterable[str] = (), args: Sequence[str] = (), **kw: Any
+    ) -> Node:
+        common = ["--cluster", self.name, "--discovery-port", str(self.discovery_port)]
+        if not self.discovery:
+            common.append("--no-discovery")
+        peer_list = [p for p in peers]
+        if peer_list:
+            common += ["--peers", ",".join(peer_list)]
+        node = Node(port or free_port(), self.workdir, args=[*common, *self.extra, *args], **kw)
+        self.nodes.append(node)
+        return node
+
+    def mesh(self, n: int, **kw: Any) -> list[Node]:
+        """
+        C{n} nodes that each know all the others as seeds.
+        """
+        ports = free_ports(n)
+        ids = [f"127.0.0.1:{p}" for p in ports]
+        return [self.add(p, peers=[i for i in ids if i != ids[k]], **kw) for k, p in enumerate(ports)]
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.kill(signal.SIGTERM)
