@@ -97,13 +97,14 @@ class Node:
         args: Sequence[str] = (),
         prefix: Sequence[str] = (),
         env: dict[str, str] | None = None,
+        in_memory: bool = False,
     ) -> None:
         self.port = port
         self.host = host
         self.id = f"{host}:{port}"
         self.url = f"http://{host}:{port}"
         self.workdir = workdir
-        self.data_dir = workdir / f"data-{self.id}"
+        self.data_dir = None if in_memory else workdir / f"data-{self.id}"
         self.log_path = workdir / f"node-{self.id}.log"
         self.args = list(args)
         self.prefix = list(prefix)
@@ -124,8 +125,7 @@ class Node:
             f"tcp:{self.port}:interface={self.host}",
             "--advertise",
             self.id,
-            "--data-dir",
-            str(self.data_dir),
+            *(["--in-memory"] if self.data_dir is None else ["--data-dir", str(self.data_dir)]),
             *self.args,
         ]
 
