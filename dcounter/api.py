@@ -17,7 +17,7 @@ from typing import Any
 from klein import Klein
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
-from twisted.web.server import Site
+from twisted.web.server import Request, Site
 from werkzeug.exceptions import HTTPException
 
 from dcounter import wire
@@ -161,6 +161,7 @@ class CounterAPI:
             "peers": self.membership.live(),
             "cluster": self.node.cluster,
             "enabled": self.discovery is not None,
+            "admissions": dict(self.health.admissions),
         }
         if self.discovery is not None:
             info.update(self.discovery.info())
@@ -205,16 +206,58 @@ class CounterAPI:
         return _json(request, {"name": name, "count": count, "node_id": self.node.node_id})
 
 
+class BoundedRequest(Request):
+    """
+    A request that refuses a body larger than any endpoint takes (413) as
+    soon as its length is known or its chunks pass the limit, instead of
+    buffering it first.  Each endpoint checks its own, smaller limit.
+    """
+
+    max_body = wire.MAX_SYNC_BODY
+    _received = 0
+    _refused = False
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > self.max_body:
+            self._refuse()
+        else:
+            super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._received += len(data)
+        if self._received > self.max_body:
+            self._refuse()
+        else:
+            super().handleContentChunk(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if not self._refused:
+            super().requestReceived(command, path, version)
+
+    def _refuse(self) -> None:
+        self._refused = True
+        body = json.dumps({"error": f"request body is larger than {self.max_body} bytes"}).encode()
+        self.channel.transport.write(
+            b"HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json\r\n"
+            b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        self.channel.transport.loseConnection()
+
+
 class CounterSite(Site):
     """
-    A Site that never shows tracebacks and logs requests only if asked.
+    A Site that never shows tracebacks, bounds request bodies, drops idle
+    connections after a minute, and logs requests only if asked.
     """
 
     displayTracebacks = False
     noisy = False
+    requestFactory = BoundedRequest
 
-    def __init__(self, api: CounterAPI, access_log: bool = False) -> None:
-        super().__init__(api.resource())
+    def __init__(self, api: CounterAPI, access_log: bool = False, reactor: Any = None) -> None:
+        super().__init__(api.resource(), timeout=60, reactor=reactor)
         self.access_log = access_log
 
     def log(self, request: Any) -> None:

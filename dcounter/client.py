@@ -33,11 +33,13 @@ class PeerClient:
         self._clock = clock
         self.timeout = timeout
 
-    async def _call(self, method: str, address: str, path: str, **kwargs: Any) -> bytes:
+    async def _call(
+        self, method: str, address: str, path: str, timeout: float | None = None, **kwargs: Any
+    ) -> bytes:
         response = await self._http.request(
             method,
             peer_url(address, path),
-            timeout=self.timeout,
+            timeout=timeout or self.timeout,
             reactor=self._clock,
             allow_redirects=False,
             **kwargs,
@@ -47,13 +49,13 @@ class PeerClient:
             raise PeerError(f"{address}{path} answered {response.code}: {body[:200]!r}")
         return body
 
-    def hello(self, address: str) -> Deferred[wire.Hello]:
+    def hello(self, address: str, timeout: float | None = None) -> Deferred[wire.Hello]:
         """
         Ask C{address} who it is (GET /health).
         """
 
         async def go() -> wire.Hello:
-            body = await self._call("GET", address, "/health")
+            body = await self._call("GET", address, "/health", timeout)
             try:
                 return wire.decode_hello(body)
             except wire.MalformedMessage as e:

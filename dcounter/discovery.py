@@ -275,7 +275,7 @@ class DNSJoin(Service):
         clock: Any,
         *,
         self_id: str = "",
-        interval: float = 5.0,
+        interval: float = 2.0,
     ) -> None:
         self.name = name
         self.port = port
@@ -298,7 +298,11 @@ class DNSJoin(Service):
 
     def resolve_once(self) -> Deferred[None]:
         receiver = _Addresses()
-        self.resolver.resolveHostName(receiver, self.name, portNumber=self.port)
+        try:
+            self.resolver.resolveHostName(receiver, self.name, portNumber=self.port)
+        except Exception:
+            # Logged by failed() below: raising here would end the loop.
+            receiver.done.errback()
 
         def found(addresses: list[Any]) -> None:
             ids = sorted({f"{a.host}:{self.port}" for a in addresses if ":" not in a.host})

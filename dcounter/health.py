@@ -15,9 +15,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from dcounter import wire
 from dcounter.client import PeerClient
@@ -54,6 +55,9 @@ class HealthChecker(Service):
         self._admitting: dict[str, Deferred[str]] = {}
         self._seed_ids: dict[str, str] = {}
         self._rejected_until: dict[str, float] = {}
+        self._contacted: set[str] = set()
+        #: Admissions that succeeded and that failed, since start.
+        self.admissions = {"admitted": 0, "rejected": 0}
         self._loop = LoopingCall(self.check_once)
         self._loop.clock = clock
         membership.subscribe(self._log_change)
@@ -98,7 +102,7 @@ class HealthChecker(Service):
 
     def _probe(self, peer: str) -> None:
         self._probing.add(peer)
-        d = self.client.hello(peer)
+        d = maybeDeferred(self.client.hello, peer)
 
         def answered(hello: wire.Hello) -> None:
             now = self.clock.seconds()
@@ -114,22 +118,35 @@ class HealthChecker(Service):
         d.addErrback(lambda f: self.log.failure("probe of {peer} failed", f, peer=peer))
         d.addBoth(lambda _: self._probing.discard(peer))
 
-    def consider(self, address: str) -> None:
+    def consider(self, address: str, *, contact: bool = False) -> None:
         """
-        A node id heard of (through gossip or discovery): admit it if it
+        A node id heard of (through gossip, discovery or DNS): admit it if it
         answers as itself.  At most one probe at a time per address, and
-        none for C{5 * interval} after one fails, so that a stale or forged
+        none for C{3 * interval} after one fails, so that a stale or forged
         name costs little.
+
+        @param contact: the node itself just contacted us over HTTP: probe
+            it even if an earlier probe failed (it was not up yet).
         """
         now = self.clock.seconds()
-        if address in self._admitting or self._rejected_until.get(address, 0) > now:
+        if address in self._admitting:
+            if contact:  # the probe in flight may have started before it was up
+                self._contacted.add(address)
+            return
+        if not contact and self._rejected_until.get(address, 0) > now:
             return
 
         def rejected(reason: Any) -> None:
-            self._rejected_until[address] = self.clock.seconds() + 5 * self.interval
             self.log.debug("not admitting {address}: {reason}", address=address, reason=reason.value)
+            if address in self._contacted:
+                self._contacted.discard(address)
+                self.consider(address, contact=True)
+            else:
+                self._rejected_until[address] = self.clock.seconds() + 3 * self.interval
 
-        self.admit(address, expected_id=address).addErrback(rejected)
+        self.admit(address, expected_id=address).addCallbacks(
+            lambda _: self._contacted.discard(address), rejected
+        )
 
     def admit(self, address: str, expected_id: str | None = None, *, force: bool = False) -> Deferred[str]:
         """
@@ -143,7 +160,8 @@ class HealthChecker(Service):
 
         async def go() -> str:
             try:
-                hello = await self.client.hello(address)
+                # Not a liveness probe: a slow answer is still an answer.
+                hello = await self.client.hello(address, timeout=3 * self.client.timeout)
             except Exception as e:
                 raise AdmissionError(f"{address} did not answer as a dcounter node: {e}") from None
             if expected_id is not None and hello.node_id != expected_id:
@@ -164,6 +182,7 @@ class HealthChecker(Service):
         def done(result: object) -> object:
             if self._admitting.get(address) is d:
                 del self._admitting[address]
+            self.admissions["rejected" if isinstance(result, Failure) else "admitted"] += 1
             return result
 
         return d.addBoth(done)

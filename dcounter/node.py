@@ -96,10 +96,11 @@ class Node:
         grown = self.counters.merge(state)
         if grown:
             changed = self.counters.state(grown)
-            own = {name: slots[self.replica] for name, slots in changed.items() if self.replica in slots}
+            own = {name: slots[self.replica] for name, slots in state.items() if self.replica in slots}
             for name, slot in own.items():
                 # Peers hold this much of our own slot already (we lost it,
-                # or a backup was restored): it is as safe as durable.
+                # or a backup was restored): it is as safe as durable.  Only
+                # what they sent: the merged slot may hold pending writes.
                 self._mark_durable(name, slot)
             self.store.save(changed).addErrback(lambda f: self.log.failure("could not store merged state", f))
         return grown

@@ -50,7 +50,7 @@ class Replicator(Service):
         membership: Membership,
         client: PeerClient,
         clock: Any,
-        consider: Callable[[str], None],
+        consider: Callable[..., None],
         *,
         interval: float = 2.0,
         rng: random.Random | None = None,
@@ -113,19 +113,21 @@ class Replicator(Service):
         self._in_flight.add(peer)
         d = self.client.sync(peer, self._message(self.node.outgoing(keys), reply=False))
 
-        def failed(reason: Any) -> None:
-            # Keep the slots for the next flush (a later write or the next
-            # anti-entropy round), unless the peer has left meanwhile.
-            if peer in self._outbox:
-                self._outbox[peer].update(keys)
-            self.log.debug("push to {peer} failed: {reason}", peer=peer, reason=reason.value)
-
-        def done(_: object) -> None:
+        def sent(_: object) -> None:
             self._in_flight.discard(peer)
             if self._outbox.get(peer) and self._flush_call is None:
                 self._flush_call = self.clock.callLater(0, self.flush)
 
-        d.addErrback(failed).addBoth(done)
+        def failed(reason: Any) -> None:
+            # Keep the slots for the next flush (a later write or the next
+            # anti-entropy round), unless the peer has left meanwhile; not
+            # at once, which would retry a dead peer in a busy loop.
+            self._in_flight.discard(peer)
+            if peer in self._outbox:
+                self._outbox[peer].update(keys)
+            self.log.debug("push to {peer} failed: {reason}", peer=peer, reason=reason.value)
+
+        d.addCallbacks(sent, failed)
 
     def exchange(self, peer: str) -> Deferred[None]:
         """
@@ -182,7 +184,7 @@ class Replicator(Service):
                 and member not in self.membership
                 and not self.membership.is_quarantined(member, now)
             ):
-                self.consider(member)
+                self.consider(member, contact=member == sync.sender)
         if sync.reply:
             return self._message(self.node.outgoing(), reply=False)
         return None

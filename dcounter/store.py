@@ -193,9 +193,11 @@ class SQLiteStore:
         self._committing = deferToThreadPool(self._reactor, self._pool, self._write, rows)
 
         def done(result: object) -> None:
-            self._committing = None
+            # Waiters' callbacks may save again: until they have all run, those
+            # saves must wait for the next transaction, not start one each.
             for waiter in waiting:
                 waiter.callback(None) if result is None else waiter.errback(result)
+            self._committing = None
             if self._waiting:
                 self._commit_next()
             else:

@@ -176,7 +176,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             interval=options["announce-interval"],
         )
     api = CounterAPI(node, membership, health, replicator, discovery)
-    strports.service(options["listen"], CounterSite(api, options["access-log"])).setServiceParent(top)
+    site = CounterSite(api, options["access-log"], reactor)
+    strports.service(options["listen"], site, reactor=reactor).setServiceParent(top)
     replicator.setServiceParent(top)
     health.setServiceParent(top)
     if discovery is not None:

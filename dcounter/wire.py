@@ -59,7 +59,8 @@ def address(value: object, what: str = "address") -> str:
     if not isinstance(value, str) or len(value) > 300:
         raise MalformedMessage(f"{what} must be a HOST:PORT string")
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or port != str(int(port)):
+    # isdecimal, not isdigit: isdigit() is true of '²', which int() refuses.
+    if not sep or not port.isdecimal() or not 0 < int(port) < 65536 or port != str(int(port)):
         raise MalformedMessage(f"{what} must be HOST:PORT with a port from 1 to 65535")
     if not (_HOSTNAME.match(host) or _IPV6.match(host)):
         raise MalformedMessage(f"{what} has an invalid host: {host!r}")
@@ -303,7 +304,9 @@ def decode_announcement(data: bytes) -> Announcement:
     if len(data) > MAX_DATAGRAM:
         raise MalformedMessage(f"datagram of {len(data)} bytes, more than {MAX_DATAGRAM}")
     obj = json_object(data)
-    if obj.get("dcounter") != _ANNOUNCE_VERSION:
+    version = obj.get("dcounter")
+    # type(): true and 1.0 are equal to 1 in Python, but are not version 1.
+    if type(version) is not int or version != _ANNOUNCE_VERSION:
         raise MalformedMessage("not a dcounter announcement of a known version")
     only(obj, "dcounter", "kind", "cluster", "node_id", "http", "incarnation")
     kind = obj.get("kind")
