@@ -1,0 +1,596 @@
+"""
+The HTTP API, every endpoint driven through StubTreq against the real Klein
+resource of an in-memory node.
+"""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import fail
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+from dcounter import wire
+from dcounter.api import CounterSite
+from dcounter.counter import MAX_SLOT
+from dcounter.discovery import Discovery
+from dcounter.membership import Membership, PeerState
+from dcounter.store import StoreError
+from tests.support import CLUSTER, Network, Reply, TestNode, address, result_of
+
+A = address(9001)
+B = address(9002)
+
+
+@pytest.fixture
+def net() -> Network:
+    return Network()
+
+
+@pytest.fixture
+def a(net: Network) -> TestNode:
+    return net.add(9001)
+
+
+@pytest.fixture
+def b(net: Network) -> TestNode:
+    return net.add(9002)
+
+
+def get(net: Network, path: str, to: str = A) -> Reply:
+    return net.call("GET", to, path)
+
+
+def post(net: Network, path: str, body: object = None, *, data: bytes | None = None, to: str = A) -> Reply:
+    if data is not None:
+        return net.call("POST", to, path, data=data)
+    if body is not None:
+        return net.call("POST", to, path, json=body)
+    return net.call("POST", to, path)
+
+
+def assert_json(reply: Reply) -> None:
+    assert reply.header("Content-Type") == "application/json"
+
+
+def assert_error(reply: Reply, code: int) -> None:
+    assert reply.code == code, reply
+    assert_json(reply)
+    assert set(reply.json) == {"error"}
+    assert isinstance(reply.json["error"], str) and reply.json["error"]
+
+
+# The original's endpoints.
+
+
+def test_health(net: Network, a: TestNode) -> None:
+    """GET /health says who the node is, in the original's shape and more."""
+    net.clock.advance(5)
+    reply = get(net, "/health")
+    assert reply.code == 200
+    assert_json(reply)
+    assert reply.json["status"] == "ok"
+    assert reply.json["node_id"] == A
+    assert reply.json["incarnation"] == a.node.identity.incarnation
+    assert reply.json["cluster"] == CLUSTER
+    assert reply.json["uptime"] == 5.0
+    assert reply.json["peers"] == {"alive": 0, "suspect": 0, "dead": 0}
+
+
+def test_health_decodes_as_hello(net: Network, a: TestNode) -> None:
+    """What /health says is what peers decode to admit a node."""
+    d = net.stub.get(f"http://{A}/health")
+    net.settle()
+    hello = wire.decode_hello(result_of(result_of(d).content()))
+    assert (hello.node_id, hello.incarnation, hello.cluster) == (A, a.node.identity.incarnation, CLUSTER)
+
+
+def test_count_starts_at_zero(net: Network, a: TestNode) -> None:
+    """GET /count of a new node is 0, with its node id."""
+    reply = get(net, "/count")
+    assert reply.code == 200
+    assert_json(reply)
+    assert reply.json == {"count": 0, "node_id": A}
+
+
+def test_increment_empty_body(net: Network, a: TestNode) -> None:
+    """POST /increment with no body adds 1 and returns the new count."""
+    assert post(net, "/increment").json == {"count": 1, "node_id": A}
+    reply = post(net, "/increment")
+    assert reply.code == 200
+    assert_json(reply)
+    assert reply.json == {"count": 2, "node_id": A}
+    assert get(net, "/count").json["count"] == 2
+
+
+def test_increment_by(net: Network, a: TestNode) -> None:
+    """POST /increment {"by": n} adds n."""
+    assert post(net, "/increment", {"by": 5}).json["count"] == 5
+    assert post(net, "/increment", {}).json["count"] == 6
+    assert get(net, "/count").json["count"] == 6
+
+
+def test_legacy_sync_raises(net: Network, a: TestNode) -> None:
+    """The original's /sync {"count": N} raises the count to N."""
+    post(net, "/increment", {"by": 3})
+    reply = post(net, "/sync", {"count": 10})
+    assert reply.code == 200
+    assert_json(reply)
+    assert reply.json == {"count": 10, "node_id": A}
+    assert get(net, "/count").json["count"] == 10
+
+
+def test_legacy_sync_never_lowers(net: Network, a: TestNode) -> None:
+    """/sync {"count": N} below the count changes nothing."""
+    post(net, "/increment", {"by": 7})
+    reply = post(net, "/sync", {"count": 2})
+    assert reply.code == 200
+    assert reply.json["count"] == 7
+    assert get(net, "/count").json["count"] == 7
+    assert a.node.counters.state() == {"default": {a.node.replica: (7, 0)}}
+
+
+@pytest.mark.parametrize("body", [{"count": -1}, {"count": "5"}, {"count": True}, {"count": 5, "x": 1}])
+def test_legacy_sync_bad(net: Network, a: TestNode, body: object) -> None:
+    """A bad legacy /sync is a 400 and changes nothing."""
+    post(net, "/increment")
+    assert_error(post(net, "/sync", body), 400)
+    assert get(net, "/count").json["count"] == 1
+
+
+def test_peers_lists_live_peers(net: Network, a: TestNode) -> None:
+    """GET /peers is a JSON array of the peers believed alive, not dead ones."""
+    assert get(net, "/peers").json == []
+    now = net.clock.seconds()
+    for peer in ("127.0.0.1:9005", "127.0.0.1:9003", "127.0.0.1:9004"):
+        a.membership.heard_from(peer, now)
+    a.membership.failed("127.0.0.1:9004", now)  # suspect: still listed
+    a.membership.failed("127.0.0.1:9005", now)
+    a.membership.failed("127.0.0.1:9005", now)  # dead: not listed
+    reply = get(net, "/peers")
+    assert reply.code == 200
+    assert_json(reply)
+    assert reply.json == ["127.0.0.1:9003", "127.0.0.1:9004"]
+
+
+def test_register_admits_a_node_answering_as_itself(net: Network, a: TestNode, b: TestNode) -> None:
+    """POST /register of a dcounter node that answers as itself makes it a peer."""
+    reply = post(net, "/register", {"id": B})
+    assert reply.code == 200
+    assert_json(reply)
+    assert reply.json == {"status": "registered", "id": B}
+    assert get(net, "/peers").json == [B]
+    assert net.requests("GET", "/health", to=B)
+
+
+def test_register_refuses_a_node_that_does_not_answer(net: Network, a: TestNode, b: TestNode) -> None:
+    """/register of an address where nothing answers is a 502; no peer added."""
+    net.cut(B)
+    assert_error(post(net, "/register", {"id": B}), 502)
+    assert_error(post(net, "/register", {"id": "127.0.0.1:9999"}), 502)
+    assert get(net, "/peers").json == []
+
+
+def test_register_refuses_a_node_answering_as_another(net: Network, a: TestNode, b: TestNode) -> None:
+    """/register of an address whose node says it is someone else is a 502."""
+    net.alias("127.0.0.1:9500", b)
+    reply = post(net, "/register", {"id": "127.0.0.1:9500"})
+    assert_error(reply, 502)
+    assert B in reply.json["error"]
+    assert get(net, "/peers").json == []
+    assert B not in a.membership
+
+
+def test_register_refuses_another_cluster(net: Network, a: TestNode) -> None:
+    """/register of a node of another cluster is a 502."""
+    net.add(9003, cluster="other")
+    assert_error(post(net, "/register", {"id": address(9003)}), 502)
+    assert get(net, "/peers").json == []
+
+
+def test_register_refuses_itself(net: Network, a: TestNode) -> None:
+    """/register of the node's own id is a 502; it never becomes its own peer."""
+    assert_error(post(net, "/register", {"id": A}), 502)
+    assert get(net, "/peers").json == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"id": "nohost"},
+        {"id": "127.0.0.1:0"},
+        {"id": "127.0.0.1:65536"},
+        {"id": "bad host:80"},
+        {"id": 9002},
+        {},
+        {"id": B, "extra": 1},
+        [B],
+    ],
+)
+def test_register_bad_id(net: Network, a: TestNode, body: object) -> None:
+    """/register with a bad id is a 400, and nothing is probed."""
+    assert_error(post(net, "/register", body), 400)
+    assert net.requests(path="/health") == []
+    assert get(net, "/peers").json == []
+
+
+def test_remove_peer(net: Network, a: TestNode, b: TestNode) -> None:
+    """/remove-peer forgets a peer and quarantines it."""
+    post(net, "/register", {"id": B})
+    reply = post(net, "/remove-peer", {"id": B})
+    assert reply.code == 200
+    assert_json(reply)
+    assert reply.json == {"status": "removed", "id": B, "quarantined_for": a.membership.quarantine}
+    assert get(net, "/peers").json == []
+    assert B not in a.membership
+    assert a.membership.is_quarantined(B, net.clock.seconds())
+
+
+def test_removed_peer_is_not_readmitted_by_gossip(net: Network, a: TestNode, b: TestNode) -> None:
+    """While quarantined, a removed peer's own sync does not bring it back."""
+    post(net, "/register", {"id": B})
+    post(net, "/remove-peer", {"id": B})
+    b.membership.heard_from(A, net.clock.seconds())
+    net.settle()  # b's push-pull with a reaches a, naming b
+    assert net.requests("POST", "/sync", to=A)
+    assert B not in a.membership
+    assert get(net, "/peers").json == []
+
+
+def test_register_overrides_quarantine(net: Network, a: TestNode, b: TestNode) -> None:
+    """An explicit /register brings back a removed peer at once."""
+    post(net, "/register", {"id": B})
+    post(net, "/remove-peer", {"id": B})
+    assert post(net, "/register", {"id": B}).code == 200
+    assert get(net, "/peers").json == [B]
+
+
+def test_remove_unknown_peer(net: Network, a: TestNode) -> None:
+    """/remove-peer of a node that is not a peer is a 404."""
+    assert_error(post(net, "/remove-peer", {"id": B}), 404)
+
+
+def test_remove_peer_bad_id(net: Network, a: TestNode) -> None:
+    """/remove-peer with a bad id is a 400."""
+    assert_error(post(net, "/remove-peer", {"id": "x"}), 400)
+    assert_error(post(net, "/remove-peer", {}), 400)
+
+
+def test_discovery_disabled(net: Network, a: TestNode) -> None:
+    """GET /discovery without discovery: the original's fields, enabled false."""
+    reply = get(net, "/discovery")
+    assert reply.code == 200
+    assert_json(reply)
+    assert reply.json["node_id"] == A
+    assert reply.json["peers"] == []
+    assert reply.json["cluster"] == CLUSTER
+    assert reply.json["enabled"] is False
+
+
+def test_discovery_enabled(net: Network) -> None:
+    """GET /discovery with discovery adds its settings and counters."""
+    discovery = Discovery(
+        wire.Announcement(CLUSTER, A, A, "inc"),
+        membership=Membership(A),
+        consider=lambda _: None,
+        clock=net.clock,
+        port=7123,
+        broadcasts=["10.0.0.255"],
+        interval=3.0,
+    )
+    net.add(9001, discovery=discovery)
+    reply = get(net, "/discovery")
+    assert reply.json["enabled"] is True
+    assert reply.json["node_id"] == A
+    assert reply.json["discovery_port"] == 7123
+    assert reply.json["broadcast"] == ["10.0.0.255"]
+    assert reply.json["announce_interval"] == 3.0
+    assert reply.json["datagrams"]["received"] == 0
+
+
+def test_members(net: Network, a: TestNode) -> None:
+    """GET /members lists every peer with its state, dead ones included."""
+    now = net.clock.seconds()
+    a.membership.heard_from("127.0.0.1:9003", now, "i3")
+    a.membership.heard_from("127.0.0.1:9004", now)
+    a.membership.failed("127.0.0.1:9004", now)
+    a.membership.failed("127.0.0.1:9004", now)
+    reply = get(net, "/members")
+    assert reply.code == 200
+    assert_json(reply)
+    assert reply.json["node_id"] == A
+    assert reply.json["incarnation"] == a.node.identity.incarnation
+    states = {m["id"]: (m["state"], m["incarnation"]) for m in reply.json["members"]}
+    assert states == {"127.0.0.1:9003": ("alive", "i3"), "127.0.0.1:9004": ("dead", None)}
+
+
+# Named counters.
+
+
+def test_counters(net: Network, a: TestNode) -> None:
+    """GET /counters maps every counter to its value."""
+    assert get(net, "/counters").json == {"counters": {}, "node_id": A}
+    post(net, "/increment")
+    post(net, "/counters/hits/increment", {"by": 4})
+    reply = get(net, "/counters")
+    assert reply.code == 200
+    assert_json(reply)
+    assert reply.json["counters"] == {"default": 1, "hits": 4}
+
+
+def test_named_counter_increment_and_decrement(net: Network, a: TestNode) -> None:
+    """Named counters go up and down, by 1 or by n."""
+    assert post(net, "/counters/hits/increment").json == {"name": "hits", "count": 1, "node_id": A}
+    assert post(net, "/counters/hits/increment", {"by": 10}).json["count"] == 11
+    reply = post(net, "/counters/hits/decrement", {"by": 4})
+    assert reply.code == 200
+    assert_json(reply)
+    assert reply.json["count"] == 7
+    assert post(net, "/counters/hits/decrement").json["count"] == 6
+    assert post(net, "/counters/gone/decrement").json["count"] == -1
+    reply = get(net, "/counters/hits")
+    assert reply.code == 200
+    assert_json(reply)
+    assert reply.json == {"name": "hits", "count": 6, "node_id": A}
+    assert get(net, "/count").json["count"] == 0
+
+
+def test_default_counter_is_the_original_counter(net: Network, a: TestNode) -> None:
+    """/counters/default is what /count and /increment serve."""
+    post(net, "/increment", {"by": 3})
+    post(net, "/counters/default/decrement")
+    assert get(net, "/count").json["count"] == 2
+    assert get(net, "/counters/default").json["count"] == 2
+
+
+def test_unknown_counter(net: Network, a: TestNode) -> None:
+    """GET /counters/{name} of a counter never written is a 404."""
+    assert_error(get(net, "/counters/nope"), 404)
+
+
+@pytest.mark.parametrize("name", ["_x", "-x", "a%20b", "x" * 129, "caf%C3%A9"])
+def test_bad_counter_name(net: Network, a: TestNode, name: str) -> None:
+    """A bad counter name is a 400, on reads and writes, and creates nothing."""
+    assert_error(get(net, f"/counters/{name}"), 400)
+    assert_error(post(net, f"/counters/{name}/increment"), 400)
+    assert_error(post(net, f"/counters/{name}/decrement"), 400)
+    assert get(net, "/counters").json["counters"] == {}
+
+
+# Errors.
+
+BAD_AMOUNTS = [
+    b"{",
+    b"not json",
+    b"\xff\xfe",
+    b"[]",
+    b'"by"',
+    b"1",
+    b'{"by": "1"}',
+    b'{"by": 1.5}',
+    b'{"by": null}',
+    b'{"by": 0}',
+    b'{"by": true}',
+    b'{"by": false}',
+    b'{"by": -1}',
+    b'{"by": 9007199254740992}',
+    b'{"by": 1, "extra": 2}',
+    b'{"amount": 1}',
+]
+
+
+@pytest.mark.parametrize("data", BAD_AMOUNTS)
+def test_bad_increment_changes_nothing(net: Network, a: TestNode, data: bytes) -> None:
+    """A bad /increment body is a 400 JSON error, and the count stays."""
+    post(net, "/increment", {"by": 2})
+    assert_error(post(net, "/increment", data=data), 400)
+    assert get(net, "/count").json["count"] == 2
+    assert a.node.counters.state() == {"default": {a.node.replica: (2, 0)}}
+
+
+@pytest.mark.parametrize("data", BAD_AMOUNTS)
+@pytest.mark.parametrize("action", ["increment", "decrement"])
+def test_bad_named_write_changes_nothing(net: Network, a: TestNode, data: bytes, action: str) -> None:
+    """A bad body on a named counter is a 400 and changes nothing."""
+    post(net, "/counters/hits/increment", {"by": 5})
+    assert_error(post(net, f"/counters/hits/{action}", data=data), 400)
+    assert get(net, "/counters").json["counters"] == {"hits": 5}
+
+
+@pytest.mark.parametrize("path", ["/", "/nope", "/count/extra", "/counters/hits/reset"])
+def test_unknown_path(net: Network, a: TestNode, path: str) -> None:
+    """An unknown path is a 404 JSON error."""
+    assert_error(get(net, path), 404)
+    assert_error(post(net, path), 404)
+
+
+@pytest.mark.parametrize(
+    "method, path, allowed",
+    [
+        ("GET", "/increment", "POST"),
+        ("PUT", "/increment", "POST"),
+        ("POST", "/count", "GET"),
+        ("DELETE", "/peers", "GET"),
+        ("GET", "/sync", "POST"),
+        ("GET", "/register", "POST"),
+        ("GET", "/remove-peer", "POST"),
+        ("POST", "/health", "GET"),
+        ("GET", "/counters/x/increment", "POST"),
+        ("POST", "/counters/x", "GET"),
+    ],
+)
+def test_wrong_method(net: Network, a: TestNode, method: str, path: str, allowed: str) -> None:
+    """A wrong method is a 405 JSON error with an Allow header; it changes nothing."""
+    reply = net.call(method, A, path)
+    assert_error(reply, 405)
+    assert allowed in (reply.header("Allow") or "").split(", ")
+    assert get(net, "/counters").json["counters"] == {}
+
+
+@pytest.mark.parametrize("path", ["/increment", "/register", "/remove-peer", "/counters/x/increment"])
+def test_body_too_large(net: Network, a: TestNode, path: str) -> None:
+    """A body over the limit is a 413 JSON error, and changes nothing."""
+    data = b'{"by": 1, "pad": "' + b"x" * wire.MAX_BODY + b'"}'
+    assert_error(post(net, path, data=data), 413)
+    assert get(net, "/counters").json["counters"] == {}
+
+
+def test_body_at_the_limit_is_read(net: Network, a: TestNode) -> None:
+    """A body of exactly the limit is read (and judged on its content)."""
+    data = b'{"by": 3}'.ljust(wire.MAX_BODY)
+    reply = post(net, "/increment", data=data)
+    assert reply.code == 200
+    assert reply.json["count"] == 3
+
+
+def test_overflow_is_a_conflict(net: Network, a: TestNode) -> None:
+    """An increment past the largest slot is a 409 and changes nothing."""
+    a.node.merge({"default": {a.node.replica: (MAX_SLOT - 1, 0)}})
+    assert_error(post(net, "/increment", {"by": 2}), 409)
+    assert get(net, "/count").json["count"] == MAX_SLOT - 1
+
+
+def test_store_error_is_503(net: Network, a: TestNode) -> None:
+    """A write the store cannot make durable is a 503 JSON error."""
+    a.store.save = lambda state: fail(StoreError("disk on fire"))  # type: ignore[method-assign]
+    reply = post(net, "/increment")
+    assert_error(reply, 503)
+    assert "disk on fire" in reply.json["error"]
+
+
+def test_no_traceback_on_internal_error(net: Network, a: TestNode) -> None:
+    """An unexpected error is a 500 with a generic JSON error, no traceback."""
+
+    def broken(name: str) -> int:
+        raise RuntimeError("secret detail")
+
+    a.node.value = broken  # type: ignore[method-assign]
+    reply = get(net, "/count")
+    assert reply.code == 500
+    assert_json(reply)
+    assert reply.json == {"error": "internal error"}
+
+
+def test_peer_sync_from_another_cluster_is_403(net: Network, a: TestNode) -> None:
+    """A peer sync for another cluster is a 403 and merges nothing."""
+    sync = wire.Sync(B, "inc", "other", {"default": {f"{B}/inc": (50, 0)}}, members=(B,))
+    assert_error(post(net, "/sync", wire.encode_sync(sync)), 403)
+    assert get(net, "/count").json["count"] == 0
+    assert net.requests(path="/health") == []
+
+
+def test_peer_sync_merges(net: Network, a: TestNode) -> None:
+    """A peer sync merges its state; with reply, answers with ours."""
+    post(net, "/increment", {"by": 2})
+    sync = wire.Sync(B, "inc", CLUSTER, {"default": {f"{B}/inc": (5, 1)}}, reply=True)
+    reply = post(net, "/sync", wire.encode_sync(sync))
+    assert reply.code == 200
+    assert_json(reply)
+    theirs = wire.sync_from_json(reply.json)
+    assert theirs.sender == A
+    assert theirs.state == {"default": {f"{B}/inc": (5, 1), a.node.replica: (2, 0)}}
+    assert get(net, "/count").json["count"] == 6
+
+
+def test_peer_sync_without_reply(net: Network, a: TestNode) -> None:
+    """A push (no reply asked) is answered {"ok": true}."""
+    sync = wire.Sync(B, "inc", CLUSTER, {"hits": {f"{B}/inc": (3, 0)}})
+    reply = post(net, "/sync", wire.encode_sync(sync))
+    assert reply.json == {"ok": True}
+    assert get(net, "/counters/hits").json["count"] == 3
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"from": B, "incarnation": "i", "cluster": CLUSTER},
+        {"from": B, "incarnation": "i", "cluster": CLUSTER, "state": {"default": {"r": [-1, 0]}}},
+        {"from": B, "incarnation": "i", "cluster": CLUSTER, "state": {"default": {"r": [1]}}},
+        {"from": "nohost", "incarnation": "i", "cluster": CLUSTER, "state": {}},
+        {"from": B, "incarnation": "i", "cluster": CLUSTER, "state": {}, "reply": "yes"},
+        {"from": B, "incarnation": "i", "cluster": CLUSTER, "state": {}, "evil": 1},
+    ],
+)
+def test_bad_peer_sync(net: Network, a: TestNode, body: object) -> None:
+    """A malformed peer sync is a 400 and merges nothing."""
+    assert_error(post(net, "/sync", body), 400)
+    assert a.node.counters.state() == {}
+
+
+def test_content_type_everywhere(net: Network, a: TestNode, b: TestNode) -> None:
+    """Every endpoint answers application/json, successes and errors alike."""
+    replies = [
+        get(net, "/health"),
+        get(net, "/count"),
+        post(net, "/increment"),
+        post(net, "/sync", {"count": 3}),
+        get(net, "/peers"),
+        post(net, "/register", {"id": B}),
+        post(net, "/remove-peer", {"id": B}),
+        get(net, "/discovery"),
+        get(net, "/members"),
+        get(net, "/counters"),
+        get(net, "/counters/default"),
+        post(net, "/counters/x/increment"),
+        post(net, "/counters/x/decrement"),
+        get(net, "/nope"),
+        get(net, "/increment"),
+    ]
+    assert [r.header("Content-Type") for r in replies] == ["application/json"] * len(replies)
+    assert [r.code for r in replies] == [200] * 13 + [404, 405]
+
+
+def test_removed_peer_state(net: Network, a: TestNode, b: TestNode) -> None:
+    """A registered peer is alive in /members; removal drops it from there too."""
+    post(net, "/register", {"id": B})
+    members = get(net, "/members").json["members"]
+    assert [(m["id"], m["state"]) for m in members] == [(B, PeerState.ALIVE.value)]
+    post(net, "/remove-peer", {"id": B})
+    assert get(net, "/members").json["members"] == []
+
+
+# The daemon's own Site, in memory.
+
+
+def serve(a: TestNode, data: bytes) -> tuple[bytes, bool]:
+    """Feed raw bytes to a CounterSite connection; return what it wrote and whether it hung up."""
+    site = CounterSite(a.api, reactor=MemoryReactorClock())
+    protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(data)
+    return transport.value(), transport.disconnecting
+
+
+def test_site_serves_the_api(a: TestNode) -> None:
+    """The daemon's Site serves the same API."""
+    body = b'{"by": 4}'
+    written, _ = serve(
+        a, b"POST /increment HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    assert written.startswith(b"HTTP/1.1 200 ")
+    assert b'{"count":4,"node_id":"127.0.0.1:9001"}' in written
+    assert a.count() == 4
+
+
+def test_site_refuses_huge_body_before_reading_it(a: TestNode) -> None:
+    """A Content-Length over every limit is a 413 at once; the connection closes; nothing counts."""
+    written, closed = serve(
+        a, b"POST /increment HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (wire.MAX_SYNC_BODY + 1)
+    )
+    assert written.startswith(b"HTTP/1.1 413 ")
+    assert b"Content-Type: application/json" in written
+    assert b'"error"' in written
+    assert closed
+    assert a.count() == 0
+
+
+def test_site_refuses_huge_chunked_body(a: TestNode) -> None:
+    """A chunked body that grows past every limit is a 413 too."""
+    chunk = b"x" * (1024 * 1024)
+    head = b"POST /increment HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(17))
+    written, closed = serve(a, head + chunks)
+    assert written.startswith(b"HTTP/1.1 413 ")
+    assert closed
+    assert a.count() == 0

@@ -1,0 +1,316 @@
+"""
+Tests for dcounter.membership: the peer table and its state transitions.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from dcounter.membership import Membership, PeerState
+
+ALIVE, SUSPECT, DEAD = PeerState.ALIVE, PeerState.SUSPECT, PeerState.DEAD
+SELF = "10.0.0.1:8080"
+A = "10.0.0.2:8080"
+B = "10.0.0.3:8080"
+
+
+class Recorder:
+    """A membership listener that records every call."""
+
+    def __init__(self, membership: Membership) -> None:
+        self.events: list[tuple[str, PeerState | None, PeerState | None]] = []
+        membership.subscribe(self)
+
+    def __call__(self, peer, old, new):
+        self.events.append((peer, old, new))
+
+    def take(self):
+        events, self.events = self.events, []
+        return events
+
+
+def table(**kwargs) -> tuple[Membership, Recorder]:
+    membership = Membership(SELF, **kwargs)
+    return membership, Recorder(membership)
+
+
+# Admission.
+
+
+def test_heard_from_admits_a_new_peer_alive():
+    """A peer heard from enters the table alive, with its incarnation."""
+    m, rec = table()
+    assert m.heard_from(A, 5.0, incarnation="inc1") is True
+    peer = m.get(A)
+    assert peer is not None
+    assert peer.state is ALIVE
+    assert (peer.since, peer.last_seen, peer.failures, peer.incarnation) == (5.0, 5.0, 0, "inc1")
+    assert A in m
+    assert rec.take() == [(A, None, ALIVE)]
+
+
+def test_heard_from_an_alive_peer_is_not_a_transition():
+    """Hearing again from an alive peer updates last_seen, calls no listener."""
+    m, rec = table()
+    m.heard_from(A, 1.0, incarnation="inc1")
+    rec.take()
+    assert m.heard_from(A, 7.0) is True
+    peer = m.get(A)
+    assert peer.last_seen == 7.0
+    assert peer.since == 1.0
+    assert peer.incarnation == "inc1"  # None does not erase a known incarnation
+    assert rec.take() == []
+    m.heard_from(A, 8.0, incarnation="inc2")
+    assert m.get(A).incarnation == "inc2"
+    assert rec.take() == []
+
+
+def test_self_is_never_admitted():
+    """Our own id is refused, even when forced."""
+    m, rec = table()
+    assert m.heard_from(SELF, 1.0) is False
+    assert m.heard_from(SELF, 1.0, force=True) is False
+    assert SELF not in m
+    assert m.known() == [] and m.live() == []
+    assert m.failed(SELF, 2.0) is None
+    assert rec.take() == []
+
+
+def test_failed_for_an_unknown_peer():
+    """A failed probe of a peer not in the table returns None and adds nothing."""
+    m, rec = table()
+    assert m.failed(A, 1.0) is None
+    assert A not in m
+    assert rec.take() == []
+
+
+@pytest.mark.parametrize("suspect_after, dead_after", [(0, 2), (3, 2), (-1, 1)])
+def test_thresholds_are_checked(suspect_after, dead_after):
+    """Membership needs 1 <= suspect_after <= dead_after."""
+    with pytest.raises(ValueError):
+        Membership(SELF, suspect_after=suspect_after, dead_after=dead_after)
+
+
+# Failure detection.
+
+
+def test_alive_suspect_dead_on_consecutive_failures():
+    """With the defaults, one failure makes a peer suspect and two make it dead."""
+    m, rec = table()
+    m.heard_from(A, 0.0)
+    rec.take()
+    assert m.failed(A, 1.0) is SUSPECT
+    assert m.get(A).since == 1.0
+    assert rec.take() == [(A, ALIVE, SUSPECT)]
+    assert m.failed(A, 2.0) is DEAD
+    assert m.get(A).since == 2.0
+    assert rec.take() == [(A, SUSPECT, DEAD)]
+    # Further failures leave it dead and are not transitions.
+    assert m.failed(A, 3.0) is DEAD
+    assert m.get(A).failures == 3
+    assert m.get(A).since == 2.0
+    assert rec.take() == []
+
+
+def test_custom_thresholds():
+    """suspect_after and dead_after count consecutive failures."""
+    m, rec = table(suspect_after=2, dead_after=4)
+    m.heard_from(A, 0.0)
+    rec.take()
+    states = [m.failed(A, float(t)) for t in range(1, 6)]
+    assert states == [ALIVE, SUSPECT, SUSPECT, DEAD, DEAD]
+    assert rec.take() == [(A, ALIVE, SUSPECT), (A, SUSPECT, DEAD)]
+
+
+def test_equal_thresholds_go_straight_to_dead():
+    """With suspect_after == dead_after a peer goes from alive to dead."""
+    m, rec = table(suspect_after=3, dead_after=3)
+    m.heard_from(A, 0.0)
+    rec.take()
+    assert [m.failed(A, 1.0), m.failed(A, 2.0), m.failed(A, 3.0)] == [ALIVE, ALIVE, DEAD]
+    assert rec.take() == [(A, ALIVE, DEAD)]
+
+
+def test_success_resets_failures():
+    """An answer between failures resets the count: failures must be consecutive."""
+    m, rec = table(suspect_after=2, dead_after=3)
+    m.heard_from(A, 0.0)
+    m.failed(A, 1.0)
+    m.heard_from(A, 2.0)
+    assert m.get(A).failures == 0
+    assert m.failed(A, 3.0) is ALIVE
+    assert m.failed(A, 4.0) is SUSPECT
+    m.heard_from(A, 5.0)
+    assert m.get(A).state is ALIVE
+    assert m.failed(A, 6.0) is ALIVE
+    assert rec.take() == [(A, None, ALIVE), (A, ALIVE, SUSPECT), (A, SUSPECT, ALIVE)]
+
+
+def test_dead_peer_is_readmitted_by_heard_from():
+    """A dead peer that answers again is alive, with failures reset."""
+    m, rec = table()
+    m.heard_from(A, 0.0)
+    m.failed(A, 1.0)
+    m.failed(A, 2.0)
+    rec.take()
+    assert m.heard_from(A, 10.0, incarnation="new") is True
+    peer = m.get(A)
+    assert (peer.state, peer.failures, peer.since, peer.last_seen) == (ALIVE, 0, 10.0, 10.0)
+    assert peer.incarnation == "new"
+    assert m.live() == [A]
+    assert rec.take() == [(A, DEAD, ALIVE)]
+
+
+# Views of the table.
+
+
+def test_live_known_and_counts():
+    """live() lists alive and suspect peers, known() all of them, counts() per state."""
+    m, _ = table()
+    c = "10.0.0.4:8080"
+    for peer in (B, A, c):
+        m.heard_from(peer, 0.0)
+    m.failed(B, 1.0)  # suspect
+    m.failed(c, 1.0)
+    m.failed(c, 2.0)  # dead
+    assert m.live() == [A, B]
+    assert m.known() == [A, B, c]
+    assert m.counts() == {"alive": 1, "suspect": 1, "dead": 1}
+    assert [p.id for p in m.peers()] == [A, B, c]
+    assert m.get(c).as_json() == {
+        "id": c,
+        "state": "dead",
+        "since": 2.0,
+        "last_seen": 0.0,
+        "failures": 2,
+        "incarnation": None,
+    }
+
+
+def test_counts_of_an_empty_table():
+    """An empty table counts zero in every state."""
+    m, _ = table()
+    assert m.counts() == {"alive": 0, "suspect": 0, "dead": 0}
+    assert m.get(A) is None
+
+
+# Removal and quarantine.
+
+
+def test_remove_forgets_and_quarantines():
+    """remove() drops the peer (listener sees it leave) and refuses it for a while."""
+    m, rec = table(quarantine=60.0)
+    m.heard_from(A, 0.0)
+    rec.take()
+    assert m.remove(A, 10.0) is True
+    assert A not in m and m.known() == []
+    assert rec.take() == [(A, ALIVE, None)]
+    assert m.is_quarantined(A, 10.0)
+    assert m.heard_from(A, 20.0) is False
+    assert A not in m
+    assert m.is_quarantined(A, 69.9)
+    assert not m.is_quarantined(A, 70.0)
+    assert rec.take() == []
+
+
+def test_forced_registration_ends_quarantine():
+    """heard_from(force=True) admits a quarantined peer and lifts its quarantine."""
+    m, rec = table(quarantine=60.0)
+    m.heard_from(A, 0.0)
+    m.remove(A, 10.0)
+    rec.take()
+    assert m.heard_from(A, 11.0, force=True) is True
+    assert m.get(A).state is ALIVE
+    assert not m.is_quarantined(A, 11.0)
+    assert rec.take() == [(A, None, ALIVE)]
+    # Removed again later, quarantined again.
+    m.remove(A, 12.0)
+    assert m.heard_from(A, 13.0) is False
+
+
+def test_remove_of_an_unknown_peer_still_quarantines():
+    """Removing a peer not in the table returns False but quarantines it."""
+    m, rec = table(quarantine=5.0)
+    assert m.remove(B, 0.0) is False
+    assert m.heard_from(B, 1.0) is False
+    assert rec.take() == []
+    assert m.heard_from(B, 5.0) is True  # quarantine over
+
+
+def test_quarantine_ends_by_time_without_expire():
+    """Once its time is up, a quarantined peer is admitted without force."""
+    m, _ = table(quarantine=60.0)
+    m.heard_from(A, 0.0)
+    m.remove(A, 0.0)
+    assert m.heard_from(A, 59.0) is False
+    assert m.heard_from(A, 60.0) is True
+    assert m.get(A).state is ALIVE
+
+
+# Expiry.
+
+
+def test_expire_forgets_dead_peers_after_forget_after():
+    """Only dead peers silent for forget_after seconds are forgotten."""
+    m, rec = table(forget_after=100.0)
+    m.heard_from(A, 0.0)
+    m.heard_from(B, 0.0)
+    m.failed(A, 1.0)
+    m.failed(A, 2.0)  # dead, last seen at 0
+    m.failed(B, 1.0)  # suspect, last seen at 0
+    rec.take()
+    assert m.expire(99.9) == []
+    assert A in m
+    assert m.expire(100.0) == [A]
+    assert A not in m
+    assert B in m  # suspect peers are never forgotten
+    assert rec.take() == [(A, DEAD, None)]
+    assert m.expire(1000.0) == []
+    assert m.known() == [B]
+
+
+def test_expire_counts_from_last_seen():
+    """A dead peer heard from recently is not forgotten too soon."""
+    m, _ = table(forget_after=100.0)
+    m.heard_from(A, 0.0)
+    m.heard_from(A, 50.0)
+    m.failed(A, 51.0)
+    m.failed(A, 52.0)
+    assert m.expire(149.0) == []
+    assert m.expire(150.0) == [A]
+
+
+def test_expire_ends_quarantines():
+    """expire() drops finished quarantines and keeps running ones."""
+    m, _ = table(quarantine=10.0)
+    m.remove(A, 0.0)
+    m.remove(B, 5.0)
+    m.expire(10.0)
+    assert not m.is_quarantined(A, 10.0)
+    assert m.is_quarantined(B, 10.0)
+    assert m.heard_from(A, 10.0) is True
+    assert m.heard_from(B, 10.0) is False
+
+
+def test_forgotten_peer_can_return():
+    """A forgotten peer is admitted again as new when it is heard from."""
+    m, rec = table(forget_after=10.0)
+    m.heard_from(A, 0.0)
+    m.failed(A, 1.0)
+    m.failed(A, 2.0)
+    m.expire(10.0)
+    rec.take()
+    assert m.heard_from(A, 11.0) is True
+    assert m.get(A).failures == 0
+    assert rec.take() == [(A, None, ALIVE)]
+
+
+def test_every_listener_sees_every_transition():
+    """All subscribed listeners are called, in order, for each transition."""
+    m = Membership(SELF)
+    calls: list[str] = []
+    m.subscribe(lambda *event: calls.append(f"first {event[0]}"))
+    m.subscribe(lambda *event: calls.append(f"second {event[0]}"))
+    m.heard_from(A, 0.0)
+    m.heard_from(A, 1.0)  # no transition
+    assert calls == [f"first {A}", f"second {A}"]

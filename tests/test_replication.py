@@ -1,0 +1,326 @@
+"""
+Replication between in-memory nodes: pushes after local writes, one push in
+flight per peer, retries, anti-entropy push-pull, and gossip.
+"""
+
+from __future__ import annotations
+
+from dcounter import wire
+from dcounter.membership import PeerState
+from tests.support import CLUSTER, Network, Sent, TestNode
+
+
+def pushes(net: Network, to: str | None = None, sender: str | None = None) -> list[Sent]:
+    """The pushes (POST /sync without reply) made so far."""
+    return [
+        s
+        for s in net.requests("POST", "/sync", to=to)
+        if not s.body["reply"] and (sender is None or s.sender == sender)
+    ]
+
+
+def exchanges(net: Network, to: str | None = None) -> list[Sent]:
+    """The push-pulls (POST /sync asking for a reply) made so far."""
+    return [s for s in net.requests("POST", "/sync", to=to) if s.body["reply"]]
+
+
+def counts(nodes: list[TestNode], name: str = "default") -> list[int]:
+    return [n.count(name) for n in nodes]
+
+
+def test_increments_reach_every_peer() -> None:
+    """A write on one node reaches the others one reactor turn later."""
+    net = Network()
+    nodes = net.add_many(3)
+    a, b, c = nodes
+    net.mesh()
+    a.increment(3)
+    b.increment(name="hits")
+    assert counts(nodes) == [3, 0, 0]
+    net.settle()
+    assert counts(nodes) == [3, 3, 3]
+    assert counts(nodes, "hits") == [1, 1, 1]
+
+
+def test_push_carries_only_durable_own_slots() -> None:
+    """A push names the slots written, with their whole totals."""
+    net = Network()
+    a, b = net.add_many(2)
+    net.mesh()
+    a.increment(2)
+    a.increment(5)
+    net.settle()
+    (push,) = pushes(net, to=b.id)
+    assert push.body["state"] == {"default": {a.node.replica: [7, 0]}}
+    assert push.body["from"] == a.id
+    assert push.body["cluster"] == CLUSTER
+
+
+def test_writes_in_one_turn_become_one_push_per_peer() -> None:
+    """Many increments in one reactor turn are sent as one push to each peer."""
+    net = Network()
+    nodes = net.add_many(4)
+    a = nodes[0]
+    net.mesh()
+    for _ in range(100):
+        a.increment()
+    net.settle()
+    assert counts(nodes) == [100] * 4
+    assert sorted(p.to for p in pushes(net)) == sorted(n.id for n in nodes[1:])
+
+
+def test_one_push_in_flight_per_peer() -> None:
+    """While a push to a peer is unanswered, new writes wait; they go after it."""
+    net = Network()
+    a, b, c = net.add_many(3)
+    net.mesh()
+    net.hold(b.id)
+    a.increment()
+    net.settle()
+    assert len(pushes(net, to=b.id)) == 1
+    for _ in range(3):
+        a.increment()
+        net.settle()
+    assert len(pushes(net, to=b.id)) == 1  # the first is still unanswered
+    assert len(pushes(net, to=c.id)) == 4  # a free peer gets each at once
+    assert counts([a, b, c]) == [4, 0, 4]
+    assert net.release(b.id) == 1
+    assert b.count() == 4
+    first, second = pushes(net, to=b.id)
+    assert first.body["state"] == {"default": {a.node.replica: [1, 0]}}
+    assert second.body["state"] == {"default": {a.node.replica: [4, 0]}}
+
+
+def test_push_that_times_out_is_retried() -> None:
+    """A push the peer never answers times out on the clock; the next flush resends it."""
+    net = Network()
+    a, b = net.add_many(2)
+    net.mesh()
+    net.hold(b.id)
+    a.increment()
+    net.settle()
+    net.advance(1.0)  # past the client's timeout
+    assert net.release(b.id) == 0  # the held request was given up
+    assert b.count() == 0
+    a.replicator.flush()
+    net.settle()
+    assert b.count() == 1
+    assert len(pushes(net, to=b.id)) == 2
+
+
+def test_failed_push_is_retried_on_next_flush() -> None:
+    """A refused push keeps its slots; the next flush sends them."""
+    net = Network()
+    a, b = net.add_many(2)
+    net.mesh()
+    net.cut(b.id)
+    a.increment(2)
+    net.settle()
+    assert len(pushes(net, to=b.id)) == 1
+    net.heal(b.id)
+    a.replicator.flush()
+    net.settle()
+    assert b.count() == 2
+    assert len(pushes(net, to=b.id)) == 2
+
+
+def test_failed_push_is_not_retried_in_a_busy_loop() -> None:
+    """A refused push waits for the next write or anti-entropy round, not the next turn."""
+    net = Network()
+    a, b = net.add_many(2)
+    net.mesh()
+    net.cut(b.id)
+    a.increment()
+    net.settle(rounds=50)
+    assert len(pushes(net, to=b.id)) == 1
+    a.increment()
+    net.settle()
+    assert len(pushes(net, to=b.id)) == 2
+
+
+def test_failed_push_is_retried_by_anti_entropy() -> None:
+    """The anti-entropy loop flushes what a failed push left behind."""
+    net = Network()
+    a, b = net.add_many(2, anti_entropy_interval=2.0)
+    net.mesh()
+    a.replicator.startService()
+    net.cut(b.id)
+    a.increment()
+    net.settle()
+    net.heal(b.id)
+    assert b.count() == 0
+    net.advance(2.0)
+    assert b.count() == 1
+    a.replicator.stopService()
+
+
+def test_anti_entropy_repairs_a_partitioned_node() -> None:
+    """A node cut off during writes on both sides converges once the cut heals."""
+    net = Network()
+    nodes = net.add_many(3)
+    a, b, c = nodes
+    net.mesh()
+    for node in nodes:
+        node.replicator.startService()
+    net.cut(c.id)
+    a.increment(10)
+    b.increment(20)
+    c.increment(300)
+    net.settle()
+    assert counts(nodes) == [30, 30, 300]
+    net.heal(c.id)
+    net.advance(6.0)
+    assert counts(nodes) == [330, 330, 330]
+    for node in nodes:
+        node.replicator.stopService()
+
+
+def test_exchange_is_push_pull() -> None:
+    """One exchange leaves both sides with both sides' state."""
+    net = Network()
+    a, b = net.add_many(2)
+    a.increment(4)
+    b.increment(6, name="hits")
+    a.membership.heard_from(b.id, 0.0)  # a learns of b: push-pull at once
+    net.settle()
+    assert a.node.counters.values() == b.node.counters.values() == {"default": 4, "hits": 6}
+    assert len(exchanges(net, to=b.id)) >= 1
+
+
+def test_push_pull_on_join() -> None:
+    """A node admitted as a peer is pulled from and pushed to at once."""
+    net = Network()
+    a, b, joiner = net.add_many(3)
+    net.mesh([a, b])
+    a.increment(5)
+    net.settle()
+    joiner.increment(7)
+    a.health.consider(joiner.id)
+    net.settle()
+    assert joiner.id in a.membership.live()
+    assert exchanges(net, to=joiner.id)
+    assert a.count() == joiner.count() == 12
+    assert a.id in joiner.membership.live()  # the joiner admitted a back
+
+
+def test_dead_peer_returning_gets_push_pull() -> None:
+    """A dead peer that comes back is synced with at once, missed writes included."""
+    net = Network()
+    a, b = net.add_many(2)
+    net.mesh()
+    now = net.clock.seconds()
+    a.membership.failed(b.id, now)
+    a.membership.failed(b.id, now)
+    assert a.membership.get(b.id).state is PeerState.DEAD
+    a.increment(3)
+    net.settle()
+    assert pushes(net, to=b.id) == []  # a dead peer is not pushed to
+    a.membership.heard_from(b.id, now)
+    net.settle()
+    assert b.count() == 3
+
+
+def test_gossip_spreads_membership() -> None:
+    """A node that knows one member learns all of them, and they learn it."""
+    net = Network()
+    members = net.add_many(4)
+    net.mesh(members)
+    newcomer = net.add(9100)
+    newcomer.health.consider(members[0].id)
+    net.settle()
+    assert newcomer.membership.live() == sorted(m.id for m in members)
+    for m in members:
+        assert newcomer.id in m.membership.live()
+    for m in members:  # each admitted only after a probe of its own /health
+        first = next(s for s in net.sent if s.sender == newcomer.id and s.to == m.id)
+        assert (first.method, first.path) == ("GET", "/health")
+
+
+def test_gossip_does_not_admit_what_does_not_answer() -> None:
+    """A member named in gossip that does not answer is not admitted."""
+    net = Network()
+    a, b = net.add_many(2)
+    ghost = "127.0.0.1:9099"
+    sync = wire.Sync(b.id, "inc", CLUSTER, {}, members=(ghost,))
+    a.replicator.received(sync)
+    net.settle()
+    assert b.id in a.membership  # b answered as itself
+    assert ghost not in a.membership
+    assert net.requests("GET", "/health", to=ghost)
+
+
+def test_gossip_skips_quarantined() -> None:
+    """A member an operator removed is not probed when gossip names it."""
+    net = Network()
+    a, b, c = net.add_many(3)
+    net.mesh()
+    a.membership.remove(c.id, net.clock.seconds())
+    before = len(net.requests("GET", "/health", to=c.id))
+    a.replicator.received(wire.Sync(b.id, "inc", CLUSTER, {}, members=(c.id,)))
+    net.settle()
+    assert c.id not in a.membership
+    assert len(net.requests("GET", "/health", to=c.id)) == before
+
+
+def test_sync_from_another_cluster_is_refused() -> None:
+    """A sync from another cluster's node is a 403 and changes nothing."""
+    net = Network()
+    a = net.add(9001)
+    stranger = net.add(9002, cluster="other")
+    stranger.increment(1000)
+    stranger.membership.heard_from(a.id, 0.0)  # stranger pushes-pulls with a
+    net.settle()
+    (attempt,) = exchanges(net, to=a.id)
+    assert attempt.body["cluster"] == "other"
+    assert a.count() == 0
+    assert stranger.count() == 1000  # and a sent nothing back
+    assert a.membership.known() == []
+    reply = net.call("POST", a.id, "/sync", json=attempt.body)
+    assert reply.code == 403
+    assert a.count() == 0
+
+
+def test_received_heard_from_sender() -> None:
+    """A sync from a known peer counts as hearing from it (a suspect is alive again)."""
+    net = Network()
+    a, b = net.add_many(2)
+    net.mesh()
+    a.membership.failed(b.id, net.clock.seconds())
+    assert a.membership.get(b.id).state is PeerState.SUSPECT
+    b.increment()
+    net.settle()
+    assert a.membership.get(b.id).state is PeerState.ALIVE
+    assert a.count() == 1
+
+
+def test_anti_entropy_never_raises() -> None:
+    """An anti-entropy round that fails logs and returns; the loop goes on."""
+    net = Network()
+    a, b = net.add_many(2, anti_entropy_interval=2.0)
+    net.mesh()
+    calls: list[str] = []
+
+    def broken(peer: str, message: object) -> None:
+        calls.append(peer)
+        raise RuntimeError("boom")
+
+    a.replicator.client.sync = broken  # type: ignore[method-assign]
+    a.replicator.anti_entropy()  # does not raise
+    assert calls == [b.id]
+    a.replicator.startService()
+    net.advance(6.0)
+    assert calls == [b.id] * 4
+    a.replicator.stopService()
+
+
+def test_stop_cancels_pending_flush() -> None:
+    """Stopping the replicator cancels a flush not yet run."""
+    net = Network()
+    a, b = net.add_many(2)
+    net.mesh()
+    a.replicator.startService()
+    a.increment()
+    a.replicator.stopService()
+    net.settle()
+    assert pushes(net, to=b.id) == []
+    assert net.clock.getDelayedCalls() == []
