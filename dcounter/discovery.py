@@ -27,11 +27,11 @@ import struct
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from twisted.application.internet import TimerService
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IResolutionReceiver
 from twisted.internet.protocol import DatagramProtocol
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -258,7 +258,7 @@ class _Addresses:
         self.done.callback(self.found)
 
 
-class DNSJoin(Service):
+class DNSJoin(TimerService):
     """
     Resolves C{name} every C{interval} seconds and considers every address
     found, at C{port}.
@@ -284,17 +284,8 @@ class DNSJoin(Service):
         self.self_id = self_id
         self.interval = interval
         self.last: list[str] = []
-        self._loop = LoopingCall(self.resolve_once)
-        self._loop.clock = clock
-
-    def startService(self) -> None:
-        super().startService()
-        self._loop.start(self.interval, now=True)
-
-    def stopService(self) -> None:
-        super().stopService()
-        if self._loop.running:
-            self._loop.stop()
+        super().__init__(interval, self.resolve_once)
+        self.clock = clock
 
     def resolve_once(self) -> Deferred[None]:
         receiver = _Addresses()

@@ -14,9 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from twisted.application.service import Service
+from twisted.application.internet import TimerService
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -32,7 +31,7 @@ class AdmissionError(Exception):
     """
 
 
-class HealthChecker(Service):
+class HealthChecker(TimerService):
     log = Logger()
 
     def __init__(
@@ -58,18 +57,9 @@ class HealthChecker(Service):
         self._contacted: set[str] = set()
         #: Admissions that succeeded and that failed, since start.
         self.admissions = {"admitted": 0, "rejected": 0}
-        self._loop = LoopingCall(self.check_once)
-        self._loop.clock = clock
+        super().__init__(interval, self.check_once)
+        self.clock = clock
         membership.subscribe(self._log_change)
-
-    def startService(self) -> None:
-        super().startService()
-        self._loop.start(self.interval, now=True)
-
-    def stopService(self) -> None:
-        super().stopService()
-        if self._loop.running:
-            self._loop.stop()
 
     def _log_change(self, peer: str, old: PeerState | None, new: PeerState | None) -> None:
         self.log.info(

@@ -23,9 +23,8 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from twisted.application.service import Service
+from twisted.application.internet import TimerService
 from twisted.internet.defer import Deferred
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from dcounter import wire
@@ -41,7 +40,7 @@ class WrongCluster(Exception):
     """
 
 
-class Replicator(Service):
+class Replicator(TimerService):
     log = Logger()
 
     def __init__(
@@ -65,21 +64,15 @@ class Replicator(Service):
         self._outbox: dict[str, set[SlotKey]] = {}
         self._in_flight: set[str] = set()
         self._flush_call: Any = None
-        self._loop = LoopingCall(self.anti_entropy)
-        self._loop.clock = clock
+        super().__init__(interval, self.anti_entropy)
+        self.clock = clock
         node.subscribe(self.local_write)
         membership.subscribe(self._peer_changed)
 
-    def startService(self) -> None:
-        super().startService()
-        self._loop.start(self.interval, now=False)
-
-    def stopService(self) -> None:
-        super().stopService()
-        if self._loop.running:
-            self._loop.stop()
+    def stopService(self) -> Deferred[None]:
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
+        return super().stopService()
 
     # Outgoing.
 
