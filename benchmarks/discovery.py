@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.integration.harness import Cluster, free_ports, wait_for  # noqa: E402
+from tests.integration.harness import Cluster, free_ports, start_all, time_to_mesh  # noqa: E402
 
 
 def one_run(n: int) -> tuple[float, float]:
@@ -30,20 +30,8 @@ def one_run(n: int) -> tuple[float, float]:
         try:
             nodes = [cluster.add(p, in_memory=True) for p in free_ports(n)]
             spawned = time.monotonic()
-            for node in nodes:
-                node.start()
-            for node in nodes:
-                node.wait_up(timeout=120)
-            up = time.monotonic()
-            ids = {node.id for node in nodes}
-            wait_for(
-                lambda: all(node.peers() == ids - {node.id} for node in nodes),
-                120,
-                interval=0.01,
-                what="every node to list every other",
-            )
-            meshed = time.monotonic()
-            return up - spawned, meshed - up
+            up = start_all(nodes, timeout=120)
+            return up - spawned, time_to_mesh(nodes, 120, interval=0.01)
         finally:
             cluster.stop()
 

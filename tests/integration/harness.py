@@ -21,7 +21,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 #: twistd of the running interpreter (python -m twisted is `twist`, another runner).
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
@@ -217,3 +217,52 @@ class Cluster:
     def stop(self) -> None:
         for node in self.nodes:
             node.kill(signal.SIGTERM)
+
+
+def all_listed(nodes: Sequence[Node]) -> bool:
+    """
+    Whether every node's /peers is exactly every other node.
+    """
+    ids = {n.id for n in nodes}
+    return all(n.peers() == ids - {n.id} for n in nodes)
+
+
+def start_all(nodes: Sequence[Node], timeout: float = 15.0) -> float:
+    """
+    Start the nodes together and wait until every one answers; return the
+    time (monotonic) when the last did.
+    """
+    for node in nodes:
+        node.start()
+    for node in nodes:
+        node.wait_up(timeout)
+    return time.monotonic()
+
+
+def time_to_mesh(nodes: Sequence[Node], bound: float, interval: float = 0.02) -> float:
+    """
+    Seconds until every node lists every other; fails past C{bound}.
+    """
+    started = time.monotonic()
+    wait_for(lambda: all_listed(nodes), bound, interval, what=f"{len(nodes)} nodes to list each other")
+    return time.monotonic() - started
+
+
+class JoinTimes(NamedTuple):
+    startup: float  #: from spawning the first nodes until all answer
+    mesh: float  #: from then until they list each other
+    join: float  #: from the last node answering until all list all
+
+
+def start_then_join(nodes: Sequence[Node], bound: float) -> JoinTimes:
+    """
+    Start all nodes but the last together, wait until they list each other;
+    then start the last, and wait until every node lists every other.  Each
+    wait fails past C{bound}.
+    """
+    *first, late = nodes
+    spawned = time.monotonic()
+    startup = start_all(first) - spawned
+    mesh = time_to_mesh(first, bound)
+    start_all([late])
+    return JoinTimes(startup, mesh, time_to_mesh(nodes, bound))

@@ -11,7 +11,7 @@ import pytest_twisted
 import treq
 from twisted.internet import defer
 
-from tests.integration.harness import Cluster, wait_for
+from tests.integration.harness import Cluster, start_all, time_to_mesh, wait_for
 
 INCREMENTS = 3000
 IN_FLIGHT = 24
@@ -19,13 +19,8 @@ IN_FLIGHT = 24
 
 def _start_mesh(cluster: Cluster, n: int = 3):
     nodes = cluster.mesh(n)
-    for node in nodes:
-        node.start()
-    for node in nodes:
-        node.wait_up()
-    everyone = {node.id for node in nodes}
-    for node in nodes:
-        wait_for(lambda: node.peers() == everyone - {node.id}, 10, what=f"{node.id} to list all peers")
+    start_all(nodes)
+    time_to_mesh(nodes, 10)
     return nodes
 
 

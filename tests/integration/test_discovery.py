@@ -7,16 +7,10 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 
-from tests.integration.harness import Cluster, free_ports, wait_for
+from tests.integration.harness import Cluster, all_listed, free_ports, start_then_join, wait_for
 
 BOUND = 2.0
-
-
-def _all_listed(nodes) -> bool:
-    ids = {n.id for n in nodes}
-    return all(n.peers() == ids - {n.id} for n in nodes)
 
 
 def test_nodes_started_together_find_each_other(tmp_path) -> None:
@@ -27,25 +21,12 @@ def test_nodes_started_together_find_each_other(tmp_path) -> None:
     cluster = Cluster(tmp_path, discovery=True)
     try:
         nodes = [cluster.add(p) for p in free_ports(4)]
-        first, late = nodes[:3], nodes[3]
-        spawned = time.monotonic()
-        for node in first:
-            node.start()
-        for node in first:
-            node.wait_up()
-        up = time.monotonic()
-        wait_for(lambda: _all_listed(first), BOUND, what="3 nodes to list each other")
-        meshed = time.monotonic()
-
-        late.start().wait_up()
-        late_up = time.monotonic()
-        wait_for(lambda: _all_listed(nodes), BOUND, what="the 4th node to join")
-        joined = time.monotonic()
+        t = start_then_join(nodes, BOUND)
         print(
-            f"\n3 nodes listed each other {meshed - up:.2f}s after all answered "
-            f"({meshed - spawned:.2f}s after spawn); a 4th joined {joined - late_up:.2f}s after it answered"
+            f"\n3 nodes answered {t.startup:.2f}s after spawn and listed each other {t.mesh:.2f}s later; "
+            f"a 4th joined {t.join:.2f}s after it answered"
         )
-        assert _all_listed(nodes)
+        assert all_listed(nodes)
         _, info = nodes[0].get("/discovery")
         assert info["broadcast"] == ["127.255.255.255"]
         assert info["discovery_port"] == cluster.discovery_port

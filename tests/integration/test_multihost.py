@@ -5,12 +5,11 @@ shape of a compose network.  Root only; in CI these fail rather than skip.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.harness import Cluster, Node, wait_for
+from tests.integration.harness import Cluster, Node, start_all, start_then_join, time_to_mesh, wait_for
 from tests.integration.netns import Network, require_netns
 
 pytestmark = pytest.mark.netns
@@ -30,11 +29,6 @@ def _node(cluster: Cluster, net: Network, k: int, *args: str) -> Node:
     return cluster.add(PORT, host=net.addresses[k], prefix=net.exec_prefix(k), args=args)
 
 
-def _all_listed(nodes: list[Node]) -> bool:
-    ids = {n.id for n in nodes}
-    return all(n.peers() == ids - {n.id} for n in nodes)
-
-
 def test_broadcast_discovery_across_hosts(network: Network, tmp_path) -> None:
     """
     One node per host, no --peers, discovery by the bridge's broadcast alone:
@@ -44,22 +38,12 @@ def test_broadcast_discovery_across_hosts(network: Network, tmp_path) -> None:
     cluster = Cluster(tmp_path, discovery=True)
     try:
         nodes = [_node(cluster, network, k) for k in range(HOSTS)]
-        first, late = nodes[:3], nodes[3]
-        for node in first:
-            node.start()
-        for node in first:
-            node.wait_up()
-        up = time.monotonic()
-        wait_for(lambda: _all_listed(first), BOUND, what="3 hosts to list each other")
-        meshed = time.monotonic()
-        late.start().wait_up()
-        late_up = time.monotonic()
-        wait_for(lambda: _all_listed(nodes), BOUND, what="the 4th host to join")
-        joined = time.monotonic()
+        t = start_then_join(nodes, BOUND)
         _, info = nodes[0].get("/discovery")
         print(
-            f"\n{HOSTS} hosts on {network.prefix}.0/24: 3 listed each other {meshed - up:.2f}s after "
-            f"answering; the 4th joined in {joined - late_up:.2f}s; broadcast {info['broadcast']}"
+            f"\n{HOSTS} hosts on {network.prefix}.0/24: 3 answered {t.startup:.2f}s after spawn and "
+            f"listed each other {t.mesh:.2f}s later; the 4th joined {t.join:.2f}s after it answered; "
+            f"broadcast {info['broadcast']}"
         )
         assert info["broadcast"] == [network.broadcast]
         assert nodes[1].post("/increment", {"by": 7})[0] == 200
@@ -80,13 +64,8 @@ def test_join_dns_without_broadcast(network: Network, tmp_path) -> None:
     cluster = Cluster(tmp_path, discovery=False)
     try:
         nodes = [_node(cluster, network, k, "--join-dns", "dcounter-nodes") for k in range(HOSTS)]
-        for node in nodes:
-            node.start()
-        for node in nodes:
-            node.wait_up()
-        up = time.monotonic()
-        wait_for(lambda: _all_listed(nodes), 5 + BOUND, what="the DNS-joined cluster to form")
-        print(f"\n{HOSTS} hosts joined through DNS {time.monotonic() - up:.2f}s after answering")
+        start_all(nodes)
+        print(f"\n{HOSTS} hosts joined through DNS {time_to_mesh(nodes, 5 + BOUND):.2f}s after answering")
         assert nodes[0].get("/discovery")[1]["enabled"] is False
     finally:
         cluster.stop()
