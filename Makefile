@@ -50,8 +50,9 @@ stop:
 	done; true
 
 lint: install
-	$(BIN)/ruff check dcounter tests twisted setup.py
-	$(BIN)/ruff format --check dcounter tests twisted setup.py
+	$(BIN)/ruff check dcounter tests twisted setup.py benchmarks
+	$(BIN)/ruff format --check dcounter tests twisted setup.py benchmarks
+	$(BIN)/mypy
 
 test: lint
 	$(BIN)/pytest

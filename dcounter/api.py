@@ -18,7 +18,7 @@ from klein import Klein
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.server import Request, Site
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from dcounter import wire
 from dcounter.counter import DEFAULT_COUNTER, CounterOverflow
@@ -80,7 +80,7 @@ class CounterAPI:
     ) -> None:
         self.node = node
         self.membership = membership
-        self.health = health
+        self.health_checker = health
         self.replicator = replicator
         self.discovery = discovery
 
@@ -91,7 +91,7 @@ class CounterAPI:
     def _error(self, request: IRequest, failure: Any) -> bytes:
         error = failure.value
         if isinstance(error, HTTPException):
-            if error.code == 405 and getattr(error, "valid_methods", None):
+            if isinstance(error, MethodNotAllowed) and error.valid_methods:
                 request.setHeader(b"Allow", ", ".join(error.valid_methods).encode())
             return _json(request, {"error": error.name.lower()}, error.code or 500)
         for kind, code in self.errors:
@@ -140,7 +140,7 @@ class CounterAPI:
     @app.route("/register", methods=["POST"])
     async def register(self, request: IRequest) -> bytes:
         peer = wire.id_body(_body(request))
-        node_id = await self.health.admit(peer, expected_id=peer, force=True)
+        node_id = await self.health_checker.admit(peer, expected_id=peer, force=True)
         return _json(request, {"status": "registered", "id": node_id})
 
     @app.route("/remove-peer", methods=["POST"])
@@ -161,7 +161,7 @@ class CounterAPI:
             "peers": self.membership.live(),
             "cluster": self.node.cluster,
             "enabled": self.discovery is not None,
-            "admissions": dict(self.health.admissions),
+            "admissions": dict(self.health_checker.admissions),
         }
         if self.discovery is not None:
             info.update(self.discovery.info())
@@ -239,11 +239,13 @@ class BoundedRequest(Request):
     def _refuse(self) -> None:
         self._refused = True
         body = json.dumps({"error": f"request body is larger than {self.max_body} bytes"}).encode()
-        self.channel.transport.write(
+        transport = self.channel.transport
+        assert transport is not None
+        transport.write(
             b"HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json\r\n"
             b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
         )
-        self.channel.transport.loseConnection()
+        transport.loseConnection()
 
 
 class CounterSite(Site):

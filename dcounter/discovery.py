@@ -260,15 +260,15 @@ class _Addresses:
 
 class DNSJoin(TimerService):
     """
-    Resolves C{name} every C{interval} seconds and considers every address
-    found, at C{port}.
+    Resolves C{hostname} every C{interval} seconds and considers every
+    address found, at C{port}.
     """
 
     log = Logger()
 
     def __init__(
         self,
-        name: str,
+        hostname: str,
         port: int,
         resolver: Any,
         consider: Callable[[str], None],
@@ -277,7 +277,7 @@ class DNSJoin(TimerService):
         self_id: str = "",
         interval: float = 2.0,
     ) -> None:
-        self.name = name
+        self.hostname = hostname
         self.port = port
         self.resolver = resolver
         self.consider = consider
@@ -290,7 +290,7 @@ class DNSJoin(TimerService):
     def resolve_once(self) -> Deferred[None]:
         receiver = _Addresses()
         try:
-            self.resolver.resolveHostName(receiver, self.name, portNumber=self.port)
+            self.resolver.resolveHostName(receiver, self.hostname, portNumber=self.port)
         except Exception:
             # Logged by failed() below: raising here would end the loop.
             receiver.done.errback()
@@ -303,6 +303,6 @@ class DNSJoin(TimerService):
                     self.consider(node_id)
 
         def failed(reason: Any) -> None:
-            self.log.warn("could not resolve {name}: {reason}", name=self.name, reason=reason.value)
+            self.log.warn("could not resolve {name}: {reason}", name=self.hostname, reason=reason.value)
 
         return receiver.done.addCallbacks(found, failed)

@@ -26,6 +26,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from dcounter.counter import Slot, State
@@ -196,7 +197,7 @@ class SQLiteStore:
             # Waiters' callbacks may save again: until they have all run, those
             # saves must wait for the next transaction, not start one each.
             for waiter in waiting:
-                waiter.callback(None) if result is None else waiter.errback(result)
+                waiter.errback(result) if isinstance(result, Failure) else waiter.callback(None)
             self._committing = None
             if self._waiting:
                 self._commit_next()
