@@ -140,6 +140,8 @@ class CounterAPI:
     @app.route("/register", methods=["POST"])
     async def register(self, request: IRequest) -> bytes:
         peer = wire.id_body(_body(request))
+        if peer == self.node.node_id:
+            raise wire.MalformedMessage(f"{peer} is this node")
         node_id = await self.health_checker.admit(peer, expected_id=peer, force=True)
         return _json(request, {"status": "registered", "id": node_id})
 

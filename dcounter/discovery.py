@@ -81,10 +81,12 @@ def default_broadcasts(advertised_host: str) -> list[str]:
     return interface_broadcasts() or [LOOPBACK_BROADCAST]
 
 
-class _Endpoint(DatagramProtocol):
+class _DiscoverySocket(DatagramProtocol):
     """
     A thin transport: hands every datagram to the controller.
     """
+
+    noisy = False
 
     def __init__(self, received: Callable[[bytes, tuple[str, int]], None]) -> None:
         self._received = received
@@ -142,8 +144,8 @@ class Discovery(Service):
     def startService(self) -> None:
         super().startService()
         reactor = self.clock
-        self.listener = reactor.listenMulticast(self.port, _Endpoint(self.received), listenMultiple=True)
-        self.sender = reactor.listenUDP(0, _Endpoint(self.received))
+        self.listener = reactor.listenMulticast(self.port, _DiscoverySocket(self.received), listenMultiple=True)
+        self.sender = reactor.listenUDP(0, _DiscoverySocket(self.received))
         self.announce()
 
     def stopService(self) -> Deferred[None] | None:

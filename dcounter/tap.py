@@ -16,6 +16,7 @@ from typing import Any
 from treq.client import HTTPClient
 from twisted.application import strports
 from twisted.application.service import IService, MultiService
+from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 
@@ -30,6 +31,7 @@ from dcounter.replication import Replicator
 from dcounter.store import MemoryStore, SQLiteStore, StoreError, StoreService
 
 DEFAULT_PORT = 8088
+log = Logger()
 
 
 def outbound_ip() -> str:
@@ -187,6 +189,21 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         DNSJoin(name, port, reactor.nameResolver, health.consider, reactor, self_id=node_id).setServiceParent(
             top
         )
+    log.info(
+        "dcounter node {node_id} (replica {replica}) of cluster {cluster}: HTTP on {listen}, "
+        "{data}, discovery {discovery}, seeds {seeds}",
+        node_id=node_id,
+        replica=node.replica,
+        cluster=options["cluster"],
+        listen=options["listen"],
+        data="in memory" if options["in-memory"] else f"data in {options['data-dir']}",
+        discovery=(
+            "off"
+            if discovery is None
+            else f"on UDP {discovery.port}, broadcast to {', '.join(discovery.broadcasts)}"
+        ),
+        seeds=", ".join(options["peers"]) or "none",
+    )
     return top
 
 

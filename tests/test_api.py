@@ -189,8 +189,10 @@ def test_register_refuses_another_cluster(net: Network, a: TestNode) -> None:
 
 
 def test_register_refuses_itself(net: Network, a: TestNode) -> None:
-    """/register of the node's own id is a 502; it never becomes its own peer."""
-    assert_error(post(net, "/register", {"id": A}), 502)
+    """/register of the node's own id is a 400, without a probe; it never becomes its own peer."""
+    probes = len(net.requests("GET", "/health", to=A))
+    assert_error(post(net, "/register", {"id": A}), 400)
+    assert len(net.requests("GET", "/health", to=A)) == probes
     assert get(net, "/peers").json == []
 
 
