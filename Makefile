@@ -61,7 +61,9 @@ test-fast: install
 	$(BIN)/pytest -m "not slow and not netns" tests
 
 bench: install
-	$(BIN)/python benchmarks/discovery.py
+	$(BIN)/python benchmarks/discovery.py --nodes 20 --runs 3
+	$(BIN)/python benchmarks/request_cost.py
+	$(BIN)/python benchmarks/request_cost.py --data-dir --requests 1000
 
 clean: stop
 	rm -rf $(RUN) build *.egg-info

@@ -5,7 +5,8 @@ every node lists every other (UDP broadcast discovery on loopback).
     python benchmarks/discovery.py [--nodes 20] [--runs 3]
 
 Prints, per run: seconds from spawning the processes until all answer
-/health, and from then until every /peers is complete.  Python start-up of
+/health, from then until every /peers is complete, and the CPU the idle
+cluster then uses (health probes and anti-entropy).  Python start-up of
 N processes on a small machine dominates the first figure; the second is
 discovery's own.
 """
@@ -21,17 +22,32 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.integration.harness import Cluster, free_ports, start_all, time_to_mesh  # noqa: E402
+from tests.integration.harness import (  # noqa: E402
+    Cluster,
+    free_ports,
+    process_cpu_seconds,
+    start_all,
+    time_to_mesh,
+)
 
 
-def one_run(n: int) -> tuple[float, float]:
+def one_run(n: int, idle: float) -> tuple[float, float, float]:
+    """
+    Seconds from spawn until all answer, from then until the full mesh, and
+    the cluster's CPU-seconds per second over C{idle} seconds afterwards.
+    """
     with tempfile.TemporaryDirectory() as tmp:
         cluster = Cluster(Path(tmp), discovery=True)
         try:
             nodes = [cluster.add(p, in_memory=True) for p in free_ports(n)]
             spawned = time.monotonic()
             up = start_all(nodes, timeout=120)
-            return up - spawned, time_to_mesh(nodes, 120, interval=0.01)
+            mesh = time_to_mesh(nodes, 120, interval=0.01)
+            pids = [node.process.pid for node in nodes if node.process is not None]
+            before, started = process_cpu_seconds(pids), time.monotonic()
+            time.sleep(idle)  # measuring a duration of idling: nothing to poll for
+            load = (process_cpu_seconds(pids) - before) / (time.monotonic() - started)
+            return up - spawned, mesh, load
         finally:
             cluster.stop()
 
@@ -42,14 +58,16 @@ def main() -> None:
     )
     parser.add_argument("--nodes", type=int, default=20)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--idle", type=float, default=5.0, help="seconds to measure idle CPU over")
     args = parser.parse_args()
     meshes = []
     for run in range(1, args.runs + 1):
-        startup, mesh = one_run(args.nodes)
+        startup, mesh, load = one_run(args.nodes, args.idle)
         meshes.append(mesh)
         print(
             f"run {run}: {args.nodes} nodes answered /health {startup:.2f}s after spawn; "
-            f"all listed all {mesh:.2f}s later ({startup + mesh:.2f}s from spawn)",
+            f"all listed all {mesh:.2f}s later ({startup + mesh:.2f}s from spawn); "
+            f"idle cluster then used {load:.2f} CPU-seconds per second",
             flush=True,
         )
     print(f"median time to full mesh after all answered: {statistics.median(meshes):.2f}s")

@@ -266,3 +266,14 @@ def start_then_join(nodes: Sequence[Node], bound: float) -> JoinTimes:
     mesh = time_to_mesh(first, bound)
     start_all([late])
     return JoinTimes(startup, mesh, time_to_mesh(nodes, bound))
+
+
+def process_cpu_seconds(pids: Iterable[int]) -> float:
+    """
+    User and system CPU time used so far by these processes (Linux /proc).
+    """
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
