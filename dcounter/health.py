@@ -47,7 +47,8 @@ class HealthChecker(TimerService):
         self.node = node
         self.membership = membership
         self.client = client
-        self.clock = clock
+        super().__init__(interval, self.check_once)
+        self.clock = clock  # TimerService's, and ours
         self.interval = interval
         self.seeds = list(seeds)
         self._probing: set[str] = set()
@@ -57,8 +58,6 @@ class HealthChecker(TimerService):
         self._contacted: set[str] = set()
         #: Admissions that succeeded and that failed, since start.
         self.admissions = {"admitted": 0, "rejected": 0}
-        super().__init__(interval, self.check_once)
-        self.clock = clock
         membership.subscribe(self._log_change)
 
     def _log_change(self, peer: str, old: PeerState | None, new: PeerState | None) -> None:

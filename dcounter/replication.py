@@ -57,15 +57,14 @@ class Replicator(TimerService):
         self.node = node
         self.membership = membership
         self.client = client
-        self.clock = clock
+        super().__init__(interval, self.anti_entropy)
+        self.clock = clock  # TimerService's, and ours
         self.consider = consider
         self.interval = interval
         self._rng = rng or random.Random()
         self._outbox: dict[str, set[SlotKey]] = {}
         self._in_flight: set[str] = set()
         self._flush_call: Any = None
-        super().__init__(interval, self.anti_entropy)
-        self.clock = clock
         node.subscribe(self.local_write)
         membership.subscribe(self._peer_changed)
 
