@@ -132,9 +132,10 @@ class Replicator(TimerService):
                 self.received(reply)
 
         def failed(reason: Any) -> None:
+            # The peer did not answer, or answered wrongly (another cluster).
             self.log.debug("anti-entropy with {peer} failed: {reason}", peer=peer, reason=reason.value)
 
-        return d.addCallbacks(merge, failed)
+        return d.addCallback(merge).addErrback(failed)
 
     def anti_entropy(self) -> None:
         """
