@@ -6,8 +6,10 @@ WORKDIR /src
 COPY setup.py README.md ./
 COPY dcounter/ dcounter/
 COPY twisted/ twisted/
-# A regular install, so twistd finds the plugin in site-packages.
+# A regular install, so twistd finds the plugin in site-packages; then the
+# plugin cache, written now, as the non-root user could not write it later.
 RUN pip install --no-cache-dir . \
+    && python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))" \
     && useradd --system --uid 10001 --home-dir /data --create-home dcounter
 
 USER 10001
