@@ -29,7 +29,7 @@ from typing import Any
 
 from twisted.application.internet import TimerService
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.interfaces import IResolutionReceiver
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
@@ -114,7 +114,7 @@ class Discovery(Service):
         announcement: wire.Announcement,
         membership: Membership,
         consider: Callable[[str], None],
-        clock: Any,
+        reactor: Any,
         *,
         port: int = 7000,
         broadcasts: Iterable[str] = (LOOPBACK_BROADCAST,),
@@ -125,7 +125,7 @@ class Discovery(Service):
         self.announcement = announcement
         self.membership = membership
         self.consider = consider
-        self.clock = clock
+        self.reactor = reactor  # for time, and for the UDP sockets
         self.port = port
         self.broadcasts = list(broadcasts)
         self.interval = interval
@@ -143,23 +143,19 @@ class Discovery(Service):
 
     def startService(self) -> None:
         super().startService()
-        reactor = self.clock
-        self.listener = reactor.listenMulticast(self.port, _DiscoverySocket(self.received), listenMultiple=True)
-        self.sender = reactor.listenUDP(0, _DiscoverySocket(self.received))
+        self.listener = self.reactor.listenMulticast(
+            self.port, _DiscoverySocket(self.received), listenMultiple=True
+        )
+        self.sender = self.reactor.listenUDP(0, _DiscoverySocket(self.received))
         self.announce()
 
-    def stopService(self) -> Deferred[None] | None:
+    def stopService(self) -> Deferred[None]:
         super().stopService()
         if self._next is not None and self._next.active():
             self._next.cancel()
-        stopping = [t.stopListening() for t in (self.listener, self.sender) if t is not None]
+        sockets = [s for s in (self.listener, self.sender) if s is not None]
         self.listener = self.sender = None
-        results = [d for d in stopping if isinstance(d, Deferred)]
-        if results:
-            from twisted.internet.defer import gatherResults
-
-            return gatherResults(results).addCallback(lambda _: None)
-        return None
+        return gatherResults([maybeDeferred(s.stopListening) for s in sockets]).addCallback(lambda _: None)
 
     # Sending.
 
@@ -171,11 +167,11 @@ class Discovery(Service):
             data = wire.encode_announcement(self.announcement)
             for address in self.broadcasts:
                 self._send(data, (address, self.port))
-            self.last_sent = self.clock.seconds()
+            self.last_sent = self.reactor.seconds()
         except Exception:
             self.log.failure("announcement failed")
         spread = self.interval * self.jitter
-        self._next = self.clock.callLater(self.interval + self._rng.uniform(-spread, spread), self.announce)
+        self._next = self.reactor.callLater(self.interval + self._rng.uniform(-spread, spread), self.announce)
 
     def _send(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
@@ -213,7 +209,7 @@ class Discovery(Service):
         self.last_received = {
             "node_id": a.node_id,
             "from": f"{addr[0]}:{addr[1]}",
-            "at": self.clock.seconds(),
+            "at": self.reactor.seconds(),
         }
         peer = self.membership.get(a.node_id)
         new = peer is None or peer.state is PeerState.DEAD or peer.incarnation != a.incarnation
@@ -225,7 +221,7 @@ class Discovery(Service):
             self.consider(a.http)
 
     def _drop(self, addr: tuple[str, int], why: str) -> None:
-        now = self.clock.seconds()
+        now = self.reactor.seconds()
         source = addr[0]
         if now - self._last_logged.get(source, -self.LOG_EVERY) >= self.LOG_EVERY:
             self._last_logged[source] = now

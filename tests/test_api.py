@@ -275,7 +275,7 @@ def test_discovery_enabled(net: Network) -> None:
         wire.Announcement(CLUSTER, A, A, "inc"),
         membership=Membership(A),
         consider=lambda _: None,
-        clock=net.clock,
+        reactor=net.clock,
         port=7123,
         broadcasts=["10.0.0.255"],
         interval=3.0,
