@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from dcounter.counter import Counters, Slot, SlotKey, State
+from dcounter.store import Store
 
 #: Told of local writes once they are durable, with the slots they changed.
 WriteListener = Callable[[list[SlotKey]], None]
@@ -26,7 +27,7 @@ WriteListener = Callable[[list[SlotKey]], None]
 class Node:
     log = Logger()
 
-    def __init__(self, store: Any, cluster: str, clock: Any) -> None:
+    def __init__(self, store: Store, cluster: str, clock: Any) -> None:
         self.store = store
         self.identity = store.identity
         self.cluster = cluster

@@ -20,7 +20,7 @@ import os
 import secrets
 import sqlite3
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
@@ -45,6 +45,25 @@ class Identity:
         return f"{self.node_id}/{self.incarnation}"
 
 
+class Store(Protocol):
+    """
+    What a node needs of a store.
+    """
+
+    identity: Identity
+
+    def load(self) -> State:
+        """The state stored so far."""
+
+    def save(self, state: State) -> Deferred[None]:
+        """Make these slots durable; fires once they are."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> Deferred[None]:
+        """Finish pending writes and release the storage."""
+
+
 def new_incarnation() -> str:
     return secrets.token_hex(6)
 
@@ -62,7 +81,6 @@ class MemoryStore:
 
     def __init__(self, node_id: str) -> None:
         self.identity = Identity(node_id, new_incarnation())
-        self.durable = True
 
     def load(self) -> State:
         return {}
@@ -98,7 +116,6 @@ class SQLiteStore:
     log = Logger()
 
     def __init__(self, directory: str, node_id: str, reactor: Any) -> None:
-        self.durable = True
         self._reactor = reactor
         try:
             os.makedirs(directory, exist_ok=True)
@@ -223,7 +240,7 @@ class StoreService(Service):
     the last commit.
     """
 
-    def __init__(self, store: MemoryStore | SQLiteStore) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
 
     def startService(self) -> None:

@@ -26,7 +26,6 @@ class ManualStore:
 
     def __init__(self, state: dict | None = None) -> None:
         self.identity = Identity(NODE, "inc1")
-        self.durable = True
         self.state = state or {}
         self.saves: list[tuple[dict, Deferred[None]]] = []
 

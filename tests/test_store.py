@@ -96,7 +96,6 @@ def test_memory_store_keeps_nothing():
     store.save({"c": {"r": (1, 0)}}).addCallback(fired.append)
     assert fired == [None]
     assert store.load() == {}
-    assert store.durable is True
     store.stop().addCallback(fired.append)
     assert fired == [None, None]
 
