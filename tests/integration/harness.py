@@ -165,6 +165,27 @@ class Node:
     def get(self, path: str) -> tuple[int, Any]:
         return http("GET", self.url + path)
 
+    def from_inside(self, method: str, path: str, body: object = None) -> tuple[int, Any]:
+        """
+        The same request as L{http}, made from the node's own host (its
+        network namespace): for a host the test cannot reach.
+        """
+        script = (
+            "import json, sys; from tests.integration.harness import http; "
+            "print(json.dumps(http(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]))))"
+        )
+        result = subprocess.run(
+            [*self.prefix, sys.executable, "-c", script, method, self.url + path, json.dumps(body)],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parents[2],
+            timeout=30,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"request from inside {self.id} failed: {result.stderr[-1000:]}")
+        status, answer = json.loads(result.stdout)
+        return status, answer
+
     def post(self, path: str, body: object = None) -> tuple[int, Any]:
         return http("POST", self.url + path, body)
 

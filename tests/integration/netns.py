@@ -115,10 +115,14 @@ class Network:
         (folder / "hosts").write_text("\n".join(lines) + "\n")
 
     def cut(self, host: int) -> None:
-        ip("-n", self.names[host], "link", "set", "eth0", "down")
+        """
+        Unplug a host from the switch: its own eth0 stays up (so it can still
+        be asked from inside), but nothing crosses the bridge port.
+        """
+        ip("-n", self.switch, "link", "set", f"p{host + 1}", "down")
 
     def heal(self, host: int) -> None:
-        ip("-n", self.names[host], "link", "set", "eth0", "up")
+        ip("-n", self.switch, "link", "set", f"p{host + 1}", "up")
 
     def close(self) -> None:
         subprocess.run(["ip", "link", "del", self._outer], capture_output=True)

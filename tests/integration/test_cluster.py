@@ -5,6 +5,7 @@ Three real twistd nodes on loopback: concurrency, crashes and restarts.
 from __future__ import annotations
 
 import itertools
+import shutil
 import time
 
 import pytest_twisted
@@ -128,3 +129,29 @@ def test_killed_node_leaves_and_rejoins(cluster: Cluster) -> None:
     assert gone < 3.0
     assert back < 3.0
     assert [n.count() for n in (a, b, c)] == [total] * 3
+
+
+def test_node_restarted_without_its_data_loses_nothing(cluster: Cluster) -> None:
+    """
+    A node that comes back with an empty data directory is a new replica (a
+    new incarnation): it reads the cluster's total, its old increments stay
+    counted, and its new ones add to them instead of overwriting its old slot
+    (the classic bug: restart from 0 with the same id, increment, merge max).
+    """
+    a, b, c = _start_mesh(cluster)
+    assert c.post("/increment", {"by": 5})[0] == 200
+    assert a.post("/increment", {"by": 1})[0] == 200
+    for node in (a, b, c):
+        wait_for(lambda: node.count() == 6, 10, what=f"{node.id} to read 6")
+    old = c.get("/health")[1]["incarnation"]
+
+    c.kill()
+    shutil.rmtree(c.data_dir)
+    c.start().wait_up()
+    assert c.get("/health")[1]["incarnation"] != old
+    wait_for(lambda: c.count() == 6, 5, what="the empty node to read the cluster's 6")
+    assert c.post("/increment", {"by": 1})[0] == 200
+    for node in (a, b, c):
+        wait_for(lambda: node.count() == 7, 5, what=f"{node.id} to read 7")
+    _, state = c.get("/counters")
+    assert state["counters"] == {"default": 7}
