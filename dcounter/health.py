@@ -34,6 +34,11 @@ class AdmissionError(Exception):
 class HealthChecker(TimerService):
     log = Logger()
 
+    #: At most this many admissions of names heard of (consider()) at once:
+    #: a flood of forged announcements or gossip cannot make this node open
+    #: connections without bound.  Dropped names are heard of again later.
+    MAX_CANDIDATES = 32
+
     def __init__(
         self,
         node: Node,
@@ -56,8 +61,9 @@ class HealthChecker(TimerService):
         self._seed_ids: dict[str, str] = {}
         self._rejected_until: dict[str, float] = {}
         self._contacted: set[str] = set()
-        #: Admissions that succeeded and that failed, since start.
-        self.admissions = {"admitted": 0, "rejected": 0}
+        #: Admissions that succeeded, that failed, and names dropped unprobed
+        #: (too many in flight), since start.
+        self.admissions = {"admitted": 0, "rejected": 0, "dropped": 0}
         membership.subscribe(self._log_change)
 
     def _log_change(self, peer: str, old: PeerState | None, new: PeerState | None) -> None:
@@ -123,6 +129,9 @@ class HealthChecker(TimerService):
                 self._contacted.add(address)
             return
         if not contact and self._rejected_until.get(address, 0) > now:
+            return
+        if len(self._admitting) >= self.MAX_CANDIDATES:
+            self.admissions["dropped"] += 1
             return
 
         def rejected(reason: Any) -> None:

@@ -204,7 +204,7 @@ def test_admission_counts(net: Network) -> None:
     a.health.admit(b.id)
     a.health.admit("127.0.0.1:9999").addErrback(lambda f: None)
     net.settle()
-    assert a.health.admissions == {"admitted": 1, "rejected": 1}
+    assert a.health.admissions == {"admitted": 1, "rejected": 1, "dropped": 0}
 
 
 def test_consider_admits(net: Network) -> None:
@@ -260,6 +260,21 @@ def test_consider_one_probe_at_a_time(net: Network) -> None:
     assert probes(net, b.id) == 1
     net.release(b.id)
     assert a.membership.live() == [b.id]
+
+
+def test_consider_bounds_admissions_in_flight(net: Network) -> None:
+    """A flood of names heard of opens at most MAX_CANDIDATES probes at once."""
+    a, *others = net.add_many(1 + HealthChecker.MAX_CANDIDATES + 10)
+    limit = a.health.MAX_CANDIDATES
+    flood = [other.id for other in others]
+    for address in flood:
+        net.hold(address)
+    for address in flood:
+        a.health.consider(address)
+    net.settle()
+    assert sum(probes(net, address) for address in flood) == limit
+    assert a.health.admissions["dropped"] == 10
+    assert a.membership.known() == []
 
 
 def test_probe_answered_by_another_node_counts_as_failed(net: Network) -> None:
@@ -345,5 +360,5 @@ def test_check_once_survives_a_failing_client() -> None:
     health.check_once()
     health.check_once()
     assert membership.get("127.0.0.1:9002").failures == 2
-    assert health.admissions == {"admitted": 0, "rejected": 2}
+    assert health.admissions == {"admitted": 0, "rejected": 2, "dropped": 0}
     assert client.asked == ["127.0.0.1:9002", "127.0.0.1:9003"] * 2
