@@ -58,7 +58,7 @@ test: lint
 	$(BIN)/pytest
 
 test-fast: install
-	$(BIN)/pytest -m "not slow and not netns" tests
+	$(BIN)/pytest -m "not netns"
 
 bench: install
 	$(BIN)/python benchmarks/discovery.py --nodes 20 --runs 3
