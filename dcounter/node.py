@@ -16,6 +16,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from dcounter.counter import Counters, Slot, SlotKey, State
 from dcounter.store import Store
@@ -63,7 +64,9 @@ class Node:
         Count C{amount} (negative for a decrement) on counter C{name}.
 
         @return: a Deferred that fires with the counter's value just after
-            this write, once the write is durable.
+            this write, once the write is durable.  Cancelling it (a client
+            that went away) does not cancel the write, nor what follows it
+            once durable: replication.
         @raise dcounter.counter.CounterOverflow: at once, changing nothing.
         """
         slot = self.counters.add(name, self.replica, amount)
@@ -76,7 +79,15 @@ class Node:
                 listener([key])
             return value
 
-        return self.store.save({name: {self.replica: slot}}).addCallback(durable)
+        saved = self.store.save({name: {self.replica: slot}}).addCallback(durable)
+        answer: Deferred[int] = Deferred()
+
+        def deliver(result: int | Failure) -> None:
+            if not answer.called:  # else the caller cancelled: nobody is waiting
+                answer.callback(result) if not isinstance(result, Failure) else answer.errback(result)
+
+        saved.addBoth(deliver)
+        return answer
 
     def raise_to(self, name: str, target: int) -> Deferred[int]:
         """

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
@@ -128,6 +128,24 @@ def test_listeners_are_told_only_after_durable():
     assert heard == [[("d", ME)]]
     store.fire(0)
     assert heard == [[("d", ME)], [("c", ME)]]
+
+
+def test_cancelled_add_still_replicates_once_durable():
+    """
+    A caller that gives up (a client that disconnected: Klein cancels the
+    route's Deferred) does not cut the write off from what follows it: once
+    durable it is marked so, peers are told, and outgoing state shows it.
+    """
+    node, store, _ = make_node()
+    heard: list = []
+    node.subscribe(heard.append)
+    answer = node.add("c", 1)
+    answer.cancel()
+    assert results(answer)[0].check(CancelledError)
+    store.fire()
+    assert heard == [[("c", ME)]]
+    assert own(node, "c") == (1, 0)
+    assert node.value("c") == 1
 
 
 def test_failed_save_fails_the_add_and_tells_nobody():
