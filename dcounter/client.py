@@ -12,9 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import treq
 from twisted.internet.defer import Deferred
 
 from dcounter import wire
+
+#: The largest answer taken from a peer: a whole-state sync reply at most.
+MAX_RESPONSE = wire.MAX_SYNC_BODY
 
 
 class PeerError(Exception):
@@ -28,26 +32,43 @@ def peer_url(address: str, path: str) -> str:
 
 
 class PeerClient:
-    def __init__(self, http: Any, clock: Any, timeout: float = 1.0) -> None:
+    def __init__(self, http: Any, clock: Any, timeout: float = 1.0, max_response: int = MAX_RESPONSE) -> None:
         self._http = http
         self._clock = clock
         self.timeout = timeout
+        self.max_response = max_response
 
-    async def _call(
-        self, method: str, address: str, path: str, timeout: float | None = None, **kwargs: Any
-    ) -> bytes:
+    async def _call(self, method: str, address: str, path: str, **kwargs: Any) -> bytes:
         response = await self._http.request(
             method,
             peer_url(address, path),
-            timeout=timeout or self.timeout,
             reactor=self._clock,
             allow_redirects=False,
+            unbuffered=True,
             **kwargs,
         )
-        body: bytes = await response.content()
+        chunks: list[bytes] = []
+        size = 0
+
+        def collect(data: bytes) -> None:
+            nonlocal size
+            size += len(data)
+            if size > self.max_response:
+                raise PeerError(f"{address}{path} sent more than {self.max_response} bytes")
+            chunks.append(data)
+
+        await treq.collect(response, collect)
         if response.code != 200:
-            raise PeerError(f"{address}{path} answered {response.code}: {body[:200]!r}")
-        return body
+            # Not the body: an address we were asked to probe may be anything.
+            raise PeerError(f"{address}{path} answered {response.code}")
+        return b"".join(chunks)
+
+    def _deadline(self, call: Any, timeout: float | None) -> Deferred[Any]:
+        """
+        Run a call to a peer with one deadline for all of it, the body
+        included: a peer that sends headers and then stalls is cut off too.
+        """
+        return Deferred.fromCoroutine(call).addTimeout(timeout or self.timeout, self._clock)
 
     def hello(self, address: str, timeout: float | None = None) -> Deferred[wire.Hello]:
         """
@@ -55,13 +76,13 @@ class PeerClient:
         """
 
         async def go() -> wire.Hello:
-            body = await self._call("GET", address, "/health", timeout)
+            body = await self._call("GET", address, "/health")
             try:
                 return wire.decode_hello(body)
             except wire.MalformedMessage as e:
                 raise PeerError(f"{address} is not a dcounter node: {e}") from None
 
-        return Deferred.fromCoroutine(go())
+        return self._deadline(go(), timeout)
 
     def sync(self, address: str, message: wire.Sync) -> Deferred[wire.Sync | None]:
         """
@@ -77,4 +98,4 @@ class PeerClient:
             except wire.MalformedMessage as e:
                 raise PeerError(f"{address} sent a bad sync reply: {e}") from None
 
-        return Deferred.fromCoroutine(go())
+        return self._deadline(go(), None)
