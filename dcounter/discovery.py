@@ -301,6 +301,7 @@ class DNSJoin(TimerService):
                     self.consider(node_id)
 
         def failed(reason: Any) -> None:
+            # Logged, never raised: that would end the loop for good.
             self.log.warn("could not resolve {name}: {reason}", name=self.hostname, reason=reason.value)
 
-        return receiver.done.addCallbacks(found, failed)
+        return receiver.done.addCallback(found).addErrback(failed)

@@ -136,14 +136,16 @@ class Membership:
 
     def remove(self, peer_id: str, now: float) -> bool:
         """
-        An operator removed C{peer_id}: forget it and quarantine it.
+        An operator removed C{peer_id}: forget it and quarantine it.  A peer
+        not in the table is left alone (the request was wrong: it changes
+        nothing).
 
         @return: whether it was in the table.
         """
-        self._quarantined[peer_id] = now + self.quarantine
         peer = self._peers.get(peer_id)
         if peer is None:
             return False
+        self._quarantined[peer_id] = now + self.quarantine
         self._set(peer, None, now)
         return True
 

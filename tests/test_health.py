@@ -188,6 +188,7 @@ def test_admission_refuses_what_does_not_answer(net: Network) -> None:
 def test_admission_respects_quarantine_unless_forced(net: Network) -> None:
     """A removed peer is not admitted while quarantined, except by force."""
     a, b = net.add_many(2)
+    a.membership.heard_from(b.id, net.clock.seconds())
     a.membership.remove(b.id, net.clock.seconds())
     d = a.health.admit(b.id)
     net.settle()
