@@ -136,15 +136,9 @@ class HealthChecker(TimerService):
 
         def rejected(reason: Any) -> None:
             self.log.debug("not admitting {address}: {reason}", address=address, reason=reason.value)
-            if address in self._contacted:
-                self._contacted.discard(address)
-                self.consider(address, contact=True)
-            else:
-                self._rejected_until[address] = self.clock.seconds() + 3 * self.interval
+            self._rejected_until[address] = self.clock.seconds() + 3 * self.interval
 
-        self.admit(address, expected_id=address).addCallbacks(
-            lambda _: self._contacted.discard(address), rejected
-        )
+        self.admit(address, expected_id=address).addErrback(rejected)
 
     def admit(self, address: str, expected_id: str | None = None, *, force: bool = False) -> Deferred[str]:
         """
@@ -181,6 +175,12 @@ class HealthChecker(TimerService):
             if self._admitting.get(address) is d:
                 del self._admitting[address]
             self.admissions["rejected" if isinstance(result, Failure) else "admitted"] += 1
+            if address in self._contacted:
+                # It contacted us while this probe was out: if the probe
+                # failed, it started before the node was up.  Once more.
+                self._contacted.discard(address)
+                if isinstance(result, Failure):
+                    self.consider(address, contact=True)
             return result
 
         return d.addBoth(done)

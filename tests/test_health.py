@@ -251,6 +251,29 @@ def test_consider_contact_bypasses_rate_limit(net: Network) -> None:
     assert a.membership.live() == [b.id]
 
 
+def test_contact_during_a_failing_probe_probes_again(net: Network) -> None:
+    """
+    A node that contacts us while our probe of it is still out (and then
+    fails: it was sent before the node was up) is probed once more at once,
+    not after the rate limit; whichever path started the probe.
+    """
+    a, b, c = net.add_many(3)
+    net.hold(b.id)
+    net.hold(c.id)
+    a.health.consider(b.id)
+    a.health.admit(c.id).addErrback(lambda f: None)  # as for a seed or /register
+    net.settle()
+    a.health.consider(b.id, contact=True)
+    a.health.consider(c.id, contact=True)
+    net.advance(3.0)  # both probes time out
+    assert probes(net, b.id) == probes(net, c.id) == 2
+    net.release(b.id)
+    net.release(c.id)
+    net.settle()
+    assert a.membership.live() == [b.id, c.id]
+    assert a.health._contacted == set()
+
+
 def test_consider_one_probe_at_a_time(net: Network) -> None:
     """While an address is being probed, considering it again sends nothing."""
     a, b = net.add_many(2)
