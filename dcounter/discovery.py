@@ -258,8 +258,8 @@ class _Addresses:
 
 class DNSJoin(TimerService):
     """
-    Resolves C{hostname} every C{interval} seconds and considers every
-    address found, at C{port}.
+    Resolves C{hostname} every C{interval} seconds (TimerService's
+    C{step}) and considers every address found, at C{port}.
     """
 
     log = Logger()
@@ -280,7 +280,6 @@ class DNSJoin(TimerService):
         self.resolver = resolver
         self.consider = consider
         self.self_id = self_id
-        self.interval = interval
         self.last: list[str] = []
         super().__init__(interval, self.resolve_once)
         self.clock = clock

@@ -54,7 +54,6 @@ class HealthChecker(TimerService):
         self.client = client
         super().__init__(interval, self.check_once)
         self.clock = clock  # TimerService's, and ours
-        self.interval = interval
         self.seeds = list(seeds)
         self._probing: set[str] = set()
         self._admitting: dict[str, Deferred[str]] = {}
@@ -136,7 +135,7 @@ class HealthChecker(TimerService):
 
         def rejected(reason: Any) -> None:
             self.log.debug("not admitting {address}: {reason}", address=address, reason=reason.value)
-            self._rejected_until[address] = self.clock.seconds() + 3 * self.interval
+            self._rejected_until[address] = self.clock.seconds() + 3 * self.step
 
         self.admit(address, expected_id=address).addErrback(rejected)
 

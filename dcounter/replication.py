@@ -60,7 +60,6 @@ class Replicator(TimerService):
         super().__init__(interval, self.anti_entropy)
         self.clock = clock  # TimerService's, and ours
         self.consider = consider
-        self.interval = interval
         self._rng = rng or random.Random()
         self._outbox: dict[str, set[SlotKey]] = {}
         self._in_flight: set[str] = set()

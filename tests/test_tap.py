@@ -220,9 +220,9 @@ def test_make_service_settings_reach_the_parts() -> None:
     )
     _, _, replicator, health, discovery = children(service)
     assert health.seeds == ["10.0.0.2:9100"]
-    assert health.interval == 0.5
+    assert health.step == 0.5
     assert health.clock is reactor
-    assert replicator.interval == 3.0
+    assert replicator.step == 3.0
     assert replicator.node.cluster == "blue"
     assert replicator.node.node_id == "10.0.0.1:9100"
     assert (discovery.port, discovery.broadcasts, discovery.interval) == (7100, ["10.0.0.255"], 4.0)
