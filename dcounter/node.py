@@ -83,8 +83,10 @@ class Node:
         answer: Deferred[int] = Deferred()
 
         def deliver(result: int | Failure) -> None:
-            if not answer.called:  # else the caller cancelled: nobody is waiting
+            if not answer.called:
                 answer.callback(result) if not isinstance(result, Failure) else answer.errback(result)
+            elif isinstance(result, Failure):  # the caller left: nobody else will say it
+                self.log.failure("write to {name} failed after its caller left", result, name=name)
 
         saved.addBoth(deliver)
         return answer

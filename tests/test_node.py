@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
-from twisted.logger import capturedLogs
+from twisted.logger import Logger, capturedLogs
 
 from dcounter.counter import MAX_SLOT, CounterOverflow, Slot
 from dcounter.node import Node
@@ -146,6 +146,18 @@ def test_cancelled_add_still_replicates_once_durable():
     assert heard == [[("c", ME)]]
     assert own(node, "c") == (1, 0)
     assert node.value("c") == 1
+
+
+def test_cancelled_add_that_fails_is_logged():
+    """A write that fails after its caller left is logged, not dropped silently."""
+    node, store, _ = make_node()
+    logged: list = []
+    node.log = Logger(observer=logged.append)
+    answer = node.add("c", 1)
+    answer.cancel()
+    store.fail()
+    assert [e["log_failure"].check(StoreError) for e in logged] == [StoreError]
+    assert own(node, "c") is None
 
 
 def test_failed_save_fails_the_add_and_tells_nobody():
