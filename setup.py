@@ -8,12 +8,14 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=["dcounter", "twisted.plugins"],
-    package_data={"twisted": ["plugins/dcounter_plugin.py"]},
+    package_data={"twisted": ["plugins/dcounter_plugin.py"], "dcounter": ["status.html"]},
     install_requires=[
         "twisted>=23.10",
         "klein>=23.5",
         "treq>=23.11",
+        "prometheus-client>=0.20",
     ],
+    entry_points={"console_scripts": ["dcounter = dcounter.cli:main"]},
     extras_require={
         "test": [
             "pytest>=8",

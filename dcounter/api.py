@@ -12,18 +12,21 @@ place where exceptions map to statuses; nothing else reaches a client.
 from __future__ import annotations
 
 import json
+import platform
 from typing import Any
 
 from klein import Klein
+from twisted.copyright import version as twisted_version
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.server import Request, Site
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from dcounter import wire
+from dcounter import __version__, status, wire
 from dcounter.counter import DEFAULT_COUNTER, CounterOverflow
 from dcounter.health import AdmissionError, HealthChecker
 from dcounter.membership import Membership
+from dcounter.metrics import CONTENT_TYPE, Metrics
 from dcounter.node import Node
 from dcounter.replication import Replicator, WrongCluster
 from dcounter.store import StoreError
@@ -77,12 +80,18 @@ class CounterAPI:
         health: HealthChecker,
         replicator: Replicator,
         discovery: Any = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.node = node
         self.membership = membership
         self.health_checker = health
         self.replicator = replicator
         self.discovery = discovery
+        if metrics is None:
+            metrics = Metrics()
+            metrics.watch(node, membership, health, discovery)
+        self.metrics = metrics
+        self.cluster_status = status.ClusterStatus(node, membership, replicator.client)
 
     def resource(self) -> Any:
         return self.app.resource()
@@ -206,6 +215,40 @@ class CounterAPI:
         by = wire.amount_body(_body(request))
         count = await self.node.add(name, sign * by)
         return _json(request, {"name": name, "count": count, "node_id": self.node.node_id})
+
+    # For operators and people: metrics, version, the status page.
+
+    @app.route("/metrics", methods=["GET"])
+    def prometheus(self, request: IRequest) -> bytes:
+        request.setHeader(b"Content-Type", CONTENT_TYPE.encode())
+        request.setHeader(b"Cache-Control", b"no-store")
+        return self.metrics.exposition()
+
+    @app.route("/version", methods=["GET"])
+    def version(self, request: IRequest) -> bytes:
+        return _json(
+            request,
+            {
+                "version": __version__,
+                "node_id": self.node.node_id,
+                "twisted": twisted_version,
+                "python": platform.python_version(),
+            },
+        )
+
+    @app.route("/status", methods=["GET"])
+    async def cluster(self, request: IRequest) -> bytes:
+        return _json(request, await self.cluster_status.snapshot())
+
+    @app.route("/", methods=["GET"])
+    def status_page(self, request: IRequest) -> bytes:
+        request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+        request.setHeader(b"Cache-Control", b"no-store")
+        request.setHeader(
+            b"Content-Security-Policy",
+            b"default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'",
+        )
+        return status.page()
 
 
 class BoundedRequest(Request):

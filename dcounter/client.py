@@ -16,6 +16,7 @@ import treq
 from twisted.internet.defer import Deferred
 
 from dcounter import wire
+from dcounter.metrics import Metrics, sync_size
 
 #: The largest answer taken from a peer: a whole-state sync reply at most.
 MAX_RESPONSE = wire.MAX_SYNC_BODY
@@ -32,8 +33,16 @@ def peer_url(address: str, path: str) -> str:
 
 
 class PeerClient:
-    def __init__(self, http: Any, clock: Any, timeout: float = 1.0, max_response: int = MAX_RESPONSE) -> None:
+    def __init__(
+        self,
+        http: Any,
+        clock: Any,
+        timeout: float = 1.0,
+        max_response: int = MAX_RESPONSE,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._http = http
+        self.metrics = metrics if metrics is not None else Metrics()
         self._clock = clock
         self.timeout = timeout
         self.max_response = max_response
@@ -87,15 +96,52 @@ class PeerClient:
     def sync(self, address: str, message: wire.Sync) -> Deferred[wire.Sync | None]:
         """
         Send our state (POST /sync); if C{message.reply}, return the peer's.
+
+        A sync with a reply is an anti-entropy push-pull, one without a push:
+        each is counted in the metrics, with the bytes of a push-pull.
         """
+        encoded = wire.encode_sync(message)
 
         async def go() -> wire.Sync | None:
-            body = await self._call("POST", address, "/sync", json=wire.encode_sync(message))
+            body = await self._call("POST", address, "/sync", json=encoded)
             if not message.reply:
                 return None
             try:
-                return wire.sync_from_json(wire.json_object(body))
+                reply = wire.sync_from_json(wire.json_object(body))
             except wire.MalformedMessage as e:
                 raise PeerError(f"{address} sent a bad sync reply: {e}") from None
+            self.metrics.exchange(True, sync_size(encoded), len(body))
+            return reply
+
+        def failed(reason: Any) -> Any:
+            if message.reply:
+                self.metrics.exchange(False, sync_size(encoded), 0)
+            else:
+                self.metrics.push(False)
+            return reason
+
+        def pushed(result: wire.Sync | None) -> wire.Sync | None:
+            if not message.reply:
+                self.metrics.push(True)
+            return result
+
+        return self._deadline(go(), None).addCallbacks(pushed, failed)
+
+    def counters(self, address: str) -> Deferred[dict[str, int]]:
+        """
+        Read a peer's counters (GET /counters), for the status page.
+        """
+
+        async def go() -> dict[str, int]:
+            body = await self._call("GET", address, "/counters")
+            try:
+                values = wire.json_object(body).get("counters")
+                if not isinstance(values, dict) or not all(
+                    isinstance(k, str) and type(v) is int for k, v in values.items()
+                ):
+                    raise wire.MalformedMessage("counters must map names to integers")
+            except wire.MalformedMessage as e:
+                raise PeerError(f"{address} sent bad counters: {e}") from None
+            return values
 
         return self._deadline(go(), None)

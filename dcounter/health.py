@@ -15,13 +15,14 @@ from collections.abc import Iterable
 from typing import Any
 
 from twisted.application.internet import TimerService
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, TimeoutError, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from dcounter import wire
 from dcounter.client import PeerClient
 from dcounter.membership import Membership, PeerState
+from dcounter.metrics import Metrics
 from dcounter.node import Node
 
 
@@ -48,8 +49,10 @@ class HealthChecker(TimerService):
         *,
         interval: float = 1.0,
         seeds: Iterable[str] = (),
+        metrics: Metrics | None = None,
     ) -> None:
         self.node = node
+        self.metrics = metrics if metrics is not None else Metrics()
         self.membership = membership
         self.client = client
         super().__init__(interval, self.check_once)
@@ -96,17 +99,24 @@ class HealthChecker(TimerService):
 
     def _probe(self, peer: str) -> None:
         self._probing.add(peer)
+        started = self.clock.seconds()
         d = maybeDeferred(self.client.hello, peer)
 
         def answered(hello: wire.Hello) -> None:
             now = self.clock.seconds()
             if hello.node_id == peer and hello.cluster == self.node.cluster:
+                self.metrics.probe("ok", now - started)
                 self.membership.heard_from(peer, now, hello.incarnation)
             else:
+                self.metrics.probe("wrong_node", now - started)
                 self.membership.failed(peer, now)
 
-        def failed(reason: object) -> None:
-            self.membership.failed(peer, self.clock.seconds())
+        def failed(reason: Failure) -> None:
+            now = self.clock.seconds()
+            # Cut off at its deadline (the client reports a cancelled request).
+            timed_out = reason.check(TimeoutError) or now - started >= self.client.timeout
+            self.metrics.probe("timeout" if timed_out else "failed", now - started)
+            self.membership.failed(peer, now)
 
         d.addCallbacks(answered, failed)
         d.addErrback(lambda f: self.log.failure("probe of {peer} failed", f, peer=peer))

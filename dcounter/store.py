@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from dcounter.counter import Slot, State
+from dcounter.metrics import Metrics
 
 
 @dataclass(frozen=True)
@@ -115,8 +116,9 @@ ON CONFLICT (counter, replica) DO UPDATE SET p = max(p, excluded.p), n = max(n, 
 class SQLiteStore:
     log = Logger()
 
-    def __init__(self, directory: str, node_id: str, reactor: Any) -> None:
+    def __init__(self, directory: str, node_id: str, reactor: Any, metrics: Metrics | None = None) -> None:
         self._reactor = reactor
+        self.metrics = metrics if metrics is not None else Metrics()
         try:
             os.makedirs(directory, exist_ok=True)
             self._lock = self._take_lock(os.path.join(directory, "lock"))
@@ -208,9 +210,12 @@ class SQLiteStore:
         batch, waiting = self._pending, self._waiting
         self._pending, self._waiting = {}, []
         rows = [(c, r, p, n) for (c, r), (p, n) in batch.items()]
+        started = self._reactor.seconds()
         self._committing = deferToThreadPool(self._reactor, self._pool, self._write, rows)
 
         def done(result: object) -> None:
+            if not isinstance(result, Failure):
+                self.metrics.commit(self._reactor.seconds() - started, len(rows))
             # Waiters' callbacks may save again: until they have all run, those
             # saves must wait for the next transaction, not start one each.
             for waiter in waiting:

@@ -26,6 +26,7 @@ from dcounter.client import PeerClient
 from dcounter.discovery import Discovery, DNSJoin, default_broadcasts
 from dcounter.health import HealthChecker
 from dcounter.membership import Membership
+from dcounter.metrics import Metrics
 from dcounter.node import Node
 from dcounter.replication import Replicator
 from dcounter.store import MemoryStore, SQLiteStore, StoreError, StoreService
@@ -145,11 +146,12 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor
     node_id = options["advertise"]
+    metrics = Metrics()
     try:
         store = (
             MemoryStore(node_id)
             if options["in-memory"]
-            else SQLiteStore(options["data-dir"], node_id, reactor)
+            else SQLiteStore(options["data-dir"], node_id, reactor, metrics=metrics)
         )
     except StoreError as e:
         raise SystemExit(f"dcounter: {e}") from None
@@ -160,8 +162,12 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     node = Node(store, options["cluster"], reactor)
     membership = Membership(node_id)
     interval = options["health-interval"]
-    client = PeerClient(_http_client(reactor, timeout=interval * 0.75), reactor, timeout=interval * 0.75)
-    health = HealthChecker(node, membership, client, reactor, interval=interval, seeds=options["peers"])
+    client = PeerClient(
+        _http_client(reactor, timeout=interval * 0.75), reactor, timeout=interval * 0.75, metrics=metrics
+    )
+    health = HealthChecker(
+        node, membership, client, reactor, interval=interval, seeds=options["peers"], metrics=metrics
+    )
     replicator = Replicator(
         node, membership, client, reactor, health.consider, interval=options["anti-entropy-interval"]
     )
@@ -177,7 +183,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             broadcasts=options["broadcast"] or default_broadcasts(host),
             interval=options["announce-interval"],
         )
-    api = CounterAPI(node, membership, health, replicator, discovery)
+    metrics.watch(node, membership, health, discovery)
+    api = CounterAPI(node, membership, health, replicator, discovery, metrics=metrics)
     site = CounterSite(api, options["access-log"], reactor)
     strports.service(options["listen"], site, reactor=reactor).setServiceParent(top)
     replicator.setServiceParent(top)

@@ -29,6 +29,7 @@ from dcounter.api import CounterAPI
 from dcounter.client import PeerClient
 from dcounter.health import HealthChecker
 from dcounter.membership import Membership
+from dcounter.metrics import Metrics
 from dcounter.node import Node
 from dcounter.replication import Replicator
 from dcounter.store import MemoryStore
@@ -96,10 +97,14 @@ def make_node(
     store = MemoryStore(node_id)
     node = Node(store, cluster, clock)
     membership = Membership(node_id, **membership_options)
-    client = PeerClient(http, clock, timeout=timeout)
-    health = HealthChecker(node, membership, client, clock, interval=health_interval, seeds=seeds)
+    metrics = Metrics()
+    client = PeerClient(http, clock, timeout=timeout, metrics=metrics)
+    health = HealthChecker(
+        node, membership, client, clock, interval=health_interval, seeds=seeds, metrics=metrics
+    )
     replicator = Replicator(node, membership, client, clock, health.consider, interval=anti_entropy_interval)
-    api = CounterAPI(node, membership, health, replicator, discovery)
+    metrics.watch(node, membership, health, discovery)
+    api = CounterAPI(node, membership, health, replicator, discovery, metrics=metrics)
     return TestNode(clock, store, node, membership, client, health, replicator, api, api.resource())
 
 

@@ -399,7 +399,7 @@ def test_bad_named_write_changes_nothing(net: Network, a: TestNode, data: bytes,
     assert get(net, "/counters").json["counters"] == {"hits": 5}
 
 
-@pytest.mark.parametrize("path", ["/", "/nope", "/count/extra", "/counters/hits/reset"])
+@pytest.mark.parametrize("path", ["/nope", "/index.html", "/count/extra", "/counters/hits/reset"])
 def test_unknown_path(net: Network, a: TestNode, path: str) -> None:
     """An unknown path is a 404 JSON error."""
     assert_error(get(net, path), 404)
