@@ -63,6 +63,7 @@ class HealthChecker(TimerService):
         self._seed_ids: dict[str, str] = {}
         self._rejected_until: dict[str, float] = {}
         self._contacted: set[str] = set()
+        self._seeds_failing: set[str] = set()
         #: Admissions that succeeded, that failed, and names dropped unprobed
         #: (too many in flight), since start.
         self.admissions = {"admitted": 0, "rejected": 0, "dropped": 0}
@@ -93,9 +94,27 @@ class HealthChecker(TimerService):
             for seed in self.seeds:
                 known = self._seed_ids.get(seed)
                 if (known is None or known not in self.membership) and seed not in self._admitting:
-                    self.admit(seed).addErrback(lambda f: None)
+                    self.admit(seed).addCallbacks(
+                        self._seed_answered, self._seed_failed, callbackArgs=(seed,), errbackArgs=(seed,)
+                    )
         except Exception:
             self.log.failure("health check round failed")
+
+    def _seed_answered(self, node_id: str, seed: str) -> None:
+        if seed in self._seeds_failing:
+            self._seeds_failing.discard(seed)
+            self.log.info("seed {seed} answered as {node_id}", seed=seed, node_id=node_id)
+
+    def _seed_failed(self, reason: Failure, seed: str) -> None:
+        # One line per seed until it answers, not one per retry.
+        if seed not in self._seeds_failing:
+            self._seeds_failing.add(seed)
+            self.log.warn(
+                "seed unreachable: {why} (retrying every {interval} s until it answers)",
+                seed=seed,
+                why=reason.getErrorMessage(),
+                interval=self.step,
+            )
 
     def _probe(self, peer: str) -> None:
         self._probing.add(peer)

@@ -9,18 +9,23 @@ commit), then the HTTP site, replication, health checks and discovery.
 
 from __future__ import annotations
 
+import errno
+import ipaddress
 import os
+import platform
 import socket
 from typing import Any
 
 from treq.client import HTTPClient
 from twisted.application import strports
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService
+from twisted.copyright import version as twisted_version
+from twisted.internet import endpoints
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 
-from dcounter import wire
+from dcounter import __version__, logs, wire
 from dcounter.api import CounterAPI, CounterSite
 from dcounter.client import PeerClient
 from dcounter.discovery import Discovery, DNSJoin, default_broadcasts
@@ -49,22 +54,52 @@ def outbound_ip() -> str:
             return "127.0.0.1"
 
 
-def _float(minimum: float) -> Any:
+def _float(option: str, minimum: float) -> Any:
     def coerce(value: str) -> float:
-        number = float(value)
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"{option} takes a number of seconds, not {value!r}") from None
         if not number >= minimum:
-            raise ValueError(f"must be at least {minimum}")
+            raise ValueError(f"{option} must be at least {minimum} seconds, not {value}")
         return number
 
     coerce.coerceDoc = f"At least {minimum}."  # type: ignore[attr-defined]
     return coerce
 
 
-def _port(value: str) -> int:
-    port = int(value)
+def _port(value: str, option: str = "a port") -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise ValueError(f"{option} takes a port number, not {value!r}") from None
     if not 0 < port < 65536:
-        raise ValueError("must be from 1 to 65535")
+        raise ValueError(f"{option} must be from 1 to 65535, not {value}")
     return port
+
+
+def _port_option(option: str) -> Any:
+    def coerce(value: str) -> int:
+        return _port(value, option)
+
+    return coerce
+
+
+def _ipv4(value: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except ValueError:
+        raise usage.UsageError(f"--broadcast takes IPv4 addresses like 10.0.0.255, not {value!r}") from None
+
+
+def _choice(option: str, choices: Any) -> Any:
+    def coerce(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"{option} must be one of {', '.join(choices)}, not {value!r}")
+        return value
+
+    coerce.coerceDoc = f"One of {', '.join(choices)}."  # type: ignore[attr-defined]
+    return coerce
 
 
 class Options(usage.Options):
@@ -75,7 +110,7 @@ class Options(usage.Options):
         "HOST:PORT."
     )
     optParameters = [
-        ["port", "p", None, "HTTP port [default: $PORT, else 8088].", _port],
+        ["port", "p", None, "HTTP port [default: $PORT, else 8088].", _port_option("--port")],
         ["listen", None, None, "Endpoint to serve HTTP on [default: tcp:PORT]."],
         [
             "advertise",
@@ -87,17 +122,49 @@ class Options(usage.Options):
         ["peers", None, None, "Comma-separated HOST:PORT seed peers [default: $PEERS]."],
         ["join-dns", None, None, "NAME[:PORT]: re-resolve NAME every few seconds, admit every address."],
         ["cluster", None, "dcounter", "Cluster name: nodes of other clusters are ignored."],
-        ["discovery-port", None, 7000, "UDP port for broadcast discovery.", _port],
+        ["discovery-port", None, 7000, "UDP port for broadcast discovery.", _port_option("--discovery-port")],
         ["broadcast", None, None, "Comma-separated broadcast addresses [default: each interface's]."],
-        ["announce-interval", None, 2.0, "Seconds between announcements (jittered).", _float(0.05)],
+        [
+            "announce-interval",
+            None,
+            2.0,
+            "Seconds between announcements (jittered).",
+            _float("--announce-interval", 0.05),
+        ],
         [
             "data-dir",
             None,
             None,
             "Directory for the node's identity and counters [default: ./dcounter-data/PORT].",
         ],
-        ["health-interval", None, 1.0, "Seconds between probes of each peer.", _float(0.05)],
-        ["anti-entropy-interval", None, 2.0, "Seconds between push-pulls with a random peer.", _float(0.05)],
+        [
+            "health-interval",
+            None,
+            1.0,
+            "Seconds between probes of each peer.",
+            _float("--health-interval", 0.05),
+        ],
+        [
+            "anti-entropy-interval",
+            None,
+            2.0,
+            "Seconds between push-pulls with a random peer.",
+            _float("--anti-entropy-interval", 0.05),
+        ],
+        [
+            "log-format",
+            None,
+            "text",
+            "Log lines as text or json (one JSON object a line).",
+            _choice("--log-format", logs.FORMATS),
+        ],
+        [
+            "log-level",
+            None,
+            "info",
+            "Least level logged: debug, info, warn or error.",
+            _choice("--log-level", list(logs.LEVELS)),
+        ],
     ]
     optFlags = [
         ["no-discovery", None, "Do not listen for or send UDP announcements."],
@@ -109,12 +176,34 @@ class Options(usage.Options):
         super().__init__()
         self.environ = os.environ if environ is None else environ
 
+    def opt_version(self) -> None:
+        """
+        Print dcounter's version and exit.
+        """
+        print(f"dcounter {__version__} (Twisted {twisted_version}, Python {platform.python_version()})")
+        raise SystemExit(0)
+
+    def parseOptions(self, options: Any = None) -> None:
+        """
+        Under twistd, a usage error is one line naming the option, and the
+        exit status 1, instead of twistd's whole help followed by the error.
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            if getattr(self, "parent", None) is None:
+                raise
+            message = str(e).removeprefix("Parameter type enforcement failed: ")
+            raise SystemExit(f"twistd dcounter: {message} (see twistd dcounter --help)") from None
+
     def postOptions(self) -> None:
         if self["port"] is None:
             try:
                 self["port"] = _port(self.environ.get("PORT", str(DEFAULT_PORT)))
             except ValueError:
-                raise usage.UsageError(f"PORT={self.environ['PORT']!r} is not a port number") from None
+                raise usage.UsageError(
+                    f"$PORT={self.environ['PORT']!r} is not a port number from 1 to 65535"
+                ) from None
         port = self["port"]
         if self["listen"] is None:
             self["listen"] = f"tcp:{port}"
@@ -122,29 +211,66 @@ class Options(usage.Options):
             if self["advertise"] is None:
                 self["advertise"] = f"{outbound_ip()}:{port}"
             self["advertise"] = wire.address(self["advertise"], "--advertise")
-            peers = self["peers"] if self["peers"] is not None else self.environ.get("PEERS", "")
-            self["peers"] = [wire.address(p.strip(), "a peer") for p in peers.split(",") if p.strip()]
+            if self["peers"] is not None:
+                peers, what = self["peers"], "--peers"
+            else:
+                peers, what = self.environ.get("PEERS", ""), "$PEERS"
+            try:
+                self["peers"] = [wire.address(p.strip(), "a peer") for p in peers.split(",") if p.strip()]
+            except wire.MalformedMessage as e:
+                raise wire.MalformedMessage(f"{what}={peers!r}: {e}") from None
             if self["join-dns"] is not None:
                 name = self["join-dns"]
                 self["join-dns"] = wire.split_address(wire.address(name if ":" in name else f"{name}:{port}"))
             broadcast = self["broadcast"]
-            self["broadcast"] = [b.strip() for b in broadcast.split(",") if b.strip()] if broadcast else None
-            for address in self["broadcast"] or []:
-                socket.inet_aton(address)
+            self["broadcast"] = (
+                [_ipv4(b.strip()) for b in broadcast.split(",") if b.strip()] if broadcast else None
+            )
             wire._token(self["cluster"], "--cluster")
         except wire.MalformedMessage as e:
             raise usage.UsageError(str(e)) from None
-        except OSError:
-            raise usage.UsageError("--broadcast takes IPv4 addresses") from None
         if self["in-memory"] and self["data-dir"] is not None:
             raise usage.UsageError("--data-dir and --in-memory cannot be used together")
         if not self["in-memory"] and self["data-dir"] is None:
             self["data-dir"] = os.path.join("dcounter-data", str(port))
 
 
+def check_listen(description: str, reactor: Any) -> None:
+    """
+    Fail now, with one line, if the HTTP port cannot be bound: twistd binds
+    it only after daemonizing, where an error becomes a long traceback in the
+    foreground and a message cut at 100 bytes from a daemon.
+
+    @raise SystemExit: the port is in use, or not ours to bind.
+    """
+    try:
+        endpoint = endpoints.serverFromString(reactor, description)
+    except (ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"dcounter: --listen {description!r} is not an endpoint: {e}") from None
+    if not isinstance(endpoint, endpoints.TCP4ServerEndpoint | endpoints.TCP6ServerEndpoint):
+        return  # unix sockets and the like: twistd reports those itself
+    port, interface = endpoint._port, endpoint._interface
+    family = socket.AF_INET6 if isinstance(endpoint, endpoints.TCP6ServerEndpoint) else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Twisted's own listen does
+        try:
+            probe.bind((interface or ("::" if family == socket.AF_INET6 else ""), port))
+        except OSError as e:
+            where = f"{interface or 'all interfaces'} port {port}"
+            if e.errno == errno.EADDRINUSE:
+                why = "the port is in use (another dcounter node?); choose another with --port or --listen"
+            elif e.errno == errno.EACCES:
+                why = "permission denied (ports below 1024 need root)"
+            else:
+                why = e.strerror or str(e)
+            raise SystemExit(f"dcounter: cannot listen on {where}: {why}") from None
+
+
 def makeService(options: Options, reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor
+
+        check_listen(options["listen"], reactor)  # under twistd: a real port
     node_id = options["advertise"]
     metrics = Metrics()
     try:
@@ -156,7 +282,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     except StoreError as e:
         raise SystemExit(f"dcounter: {e}") from None
 
-    top = MultiService()
+    twistd = getattr(options, "parent", None)
+    output = logs.twistd_output(twistd) if twistd is not None else None
+    top = logs.NodeService(
+        None if output is None else logs.observer(output, options["log-format"], options["log-level"])
+    )
     StoreService(store).setServiceParent(top)
 
     node = Node(store, options["cluster"], reactor)
