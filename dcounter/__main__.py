@@ -1,0 +1,7 @@
+"""
+python -m dcounter: the dcounter command.
+"""
+
+from dcounter.cli import main
+
+main()
