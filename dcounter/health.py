@@ -63,7 +63,7 @@ class HealthChecker(TimerService):
         self._seed_ids: dict[str, str] = {}
         self._rejected_until: dict[str, float] = {}
         self._contacted: set[str] = set()
-        self._seeds_failing: set[str] = set()
+        self._seed_failures: dict[str, int] = {}
         #: Admissions that succeeded, that failed, and names dropped unprobed
         #: (too many in flight), since start.
         self.admissions = {"admitted": 0, "rejected": 0, "dropped": 0}
@@ -100,15 +100,18 @@ class HealthChecker(TimerService):
         except Exception:
             self.log.failure("health check round failed")
 
+    #: A seed is reported unreachable after this many failed tries in a row:
+    #: seeds started at the same time as this node are not up yet at first.
+    SEED_PATIENCE = 3
+
     def _seed_answered(self, node_id: str, seed: str) -> None:
-        if seed in self._seeds_failing:
-            self._seeds_failing.discard(seed)
+        if self._seed_failures.pop(seed, 0) >= self.SEED_PATIENCE:
             self.log.info("seed {seed} answered as {node_id}", seed=seed, node_id=node_id)
 
     def _seed_failed(self, reason: Failure, seed: str) -> None:
         # One line per seed until it answers, not one per retry.
-        if seed not in self._seeds_failing:
-            self._seeds_failing.add(seed)
+        failures = self._seed_failures[seed] = self._seed_failures.get(seed, 0) + 1
+        if failures == self.SEED_PATIENCE:
             self.log.warn(
                 "seed unreachable: {why} (retrying every {interval} s until it answers)",
                 seed=seed,

@@ -6,11 +6,11 @@ status page at GET / that polls it.
 A snapshot lists this node and every member of its peer table, with the
 member's state and last contact from membership, and its counters as the
 member itself reports them (GET /counters, one request per member, with the
-peer client's deadline).  A member that does not answer is listed without
-counts.  For each counter, a member's I{lag} is how far its value is behind
-the highest value any member reports; the cluster has I{converged} when
-every member that answered reports the same counters (members that did
-not answer are counted apart).
+peer client's deadline; none to a member believed dead).  A member that
+does not answer is listed without counts.  For each counter, a member's
+I{lag} is how far its value is behind the highest value any member
+reports; the cluster has I{converged} when every member that answered
+reports the same counters (members that did not answer are counted apart).
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from __future__ import annotations
 import importlib.resources
 from typing import Any
 
-from twisted.internet.defer import DeferredList
+from twisted.internet.defer import DeferredList, fail
 
 from dcounter import __version__
 from dcounter.client import PeerClient
-from dcounter.membership import Membership
+from dcounter.membership import Membership, PeerState
 from dcounter.node import Node
 
 
@@ -31,6 +31,10 @@ def page() -> bytes:
     The status page: one HTML file with its CSS and JavaScript inline.
     """
     return importlib.resources.files("dcounter").joinpath("status.html").read_bytes()
+
+
+class DeadMember(Exception):
+    pass
 
 
 class ClusterStatus:
@@ -42,7 +46,17 @@ class ClusterStatus:
     async def snapshot(self) -> dict[str, Any]:
         now = self.node.clock.seconds()
         peers = self.membership.peers()
-        results = await DeferredList([self.client.counters(p.id) for p in peers], consumeErrors=True)
+        # Dead members are not asked: they fail their probes already, and
+        # asking would make every poll of the page wait for their timeout.
+        results = await DeferredList(
+            [
+                fail(DeadMember("dead: not asked"))
+                if p.state is PeerState.DEAD
+                else self.client.counters(p.id)
+                for p in peers
+            ],
+            consumeErrors=True,
+        )
         members: list[dict[str, Any]] = [
             {
                 "id": self.node.node_id,

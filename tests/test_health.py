@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from twisted.internet.defer import fail
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 
 from dcounter.client import PeerClient
 from dcounter.health import AdmissionError, HealthChecker
@@ -127,6 +128,26 @@ def test_seeds_are_retried_until_they_answer(net: Network) -> None:
     net.advance(1.0)
     assert a.membership.live() == [b.id]
     a.health.stopService()
+
+
+def test_an_unreachable_seed_is_logged_once_until_it_answers(net: Network) -> None:
+    """One warning after three failed tries in a row (not at start), one line when it answers."""
+    b = net.add(9002)
+    a = net.add(9001, seeds=[b.id])
+    net.cut(b.id)
+    with capturedLogs() as events:
+        for _ in range(6):
+            a.health.check_once()
+            net.settle()
+        warnings = [formatEvent(e) for e in events if e["log_level"] is LogLevel.warn]
+        assert warnings == [
+            f"seed unreachable: {b.id} did not answer as a dcounter node: "
+            f"Connection was refused by other side: {b.id}. (retrying every 1.0 s until it answers)"
+        ]
+        net.heal(b.id)
+        a.health.check_once()
+        net.settle()
+    assert f"seed {b.id} answered as {b.id}" in [formatEvent(e) for e in events]
 
 
 def test_seed_by_another_name(net: Network) -> None:

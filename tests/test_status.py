@@ -79,3 +79,17 @@ def test_status_page_is_self_contained_html(net: Network, nodes: list[TestNode])
     # no external assets: nothing is loaded from another origin
     for marker in ("http://", "https://", "<link", "src="):
         assert marker not in body.replace('href="/metrics"', "").replace('href="/status"', "")
+
+
+def test_dead_members_are_not_asked(net: Network, nodes: list[TestNode]) -> None:
+    a = nodes[0]
+    net.cut(C)
+    for _ in range(3):
+        a.health.check_once()
+        net.advance(1)
+    assert a.membership.get(C).state.value == "dead"
+    asked = len(net.requests("GET", "/counters", to=C))
+    status = net.call("GET", A, "/status").json
+    assert len(net.requests("GET", "/counters", to=C)) == asked
+    dead = status["members"][2]
+    assert (dead["state"], dead["counters"], dead["error"]) == ("dead", None, "dead: not asked")
