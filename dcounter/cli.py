@@ -214,12 +214,18 @@ def status_table(status: dict[str, Any]) -> str:
             else:
                 lag = m["lag"].get(name, 0)
                 cells.append(f"{m['counters'].get(name, 0)}" + (f" (-{lag})" if lag else ""))
-        cells.append(ago(m["last_seen_ago"]) + ("" if m["error"] is None else f" (no answer: {m['error']})"))
+        cells.append(ago(m["last_seen_ago"]) + ("" if m["error"] is None else f" ({m['error']})"))
         rows.append(cells)
     missing = len(status["members"]) - status["answered"]
     summary = (
         f"cluster {status['cluster']!r} seen from {status['node_id']} (*): "
-        + ("converged" if status["converged"] else "not converged")
+        + (
+            "converged"
+            if status["converged"]
+            else "members that answer agree"
+            if status["agree"]
+            else "not converged"
+        )
         + (f", {missing} not answering" if missing else "")
     )
     return summary + "\n" + table(rows)
@@ -242,7 +248,7 @@ def watch_line(status: dict[str, Any], now: float) -> str:
     for m in status["members"]:
         counts = "?" if m["counters"] is None else ",".join(str(m["counters"].get(n, 0)) for n in names)
         parts.append(f"{m['id']}={counts}")
-    state = "converged" if status["converged"] else "diverging"
+    state = "converged" if status["converged"] else "agree" if status["agree"] else "diverging"
     return time.strftime("%H:%M:%S", time.localtime(now)) + "  " + "  ".join(parts) + f"  [{state}]"
 
 

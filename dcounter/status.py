@@ -9,8 +9,9 @@ member itself reports them (GET /counters, one request per member, with the
 peer client's deadline; none to a member believed dead).  A member that
 does not answer is listed without counts.  For each counter, a member's
 I{lag} is how far its value is behind the highest value any member
-reports; the cluster has I{converged} when every member that answered
-reports the same counters (members that did not answer are counted apart).
+reports.  The members that answered I{agree} when they report the same
+counters; the cluster has I{converged} when they agree and every member
+answered.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class ClusterStatus:
         # asking would make every poll of the page wait for their timeout.
         results = await DeferredList(
             [
-                fail(DeadMember("dead: not asked"))
+                fail(DeadMember("believed dead: not asked"))
                 if p.state is PeerState.DEAD
                 else self.client.counters(p.id)
                 for p in peers
@@ -75,7 +76,7 @@ class ClusterStatus:
                     "state": peer.state.value,
                     "last_seen_ago": round(now - peer.last_seen, 3),
                     "counters": result if ok else None,
-                    "error": None if ok else _reason(result),
+                    "error": None if ok else _reason(result, peer.state),
                 }
             )
         names = sorted({name for m in members if m["counters"] is not None for name in m["counters"]})
@@ -89,6 +90,7 @@ class ClusterStatus:
             else:
                 m["lag"] = None
         answered = [m for m in members if m["counters"] is not None]
+        agree = all(not any(m["lag"].values()) for m in answered)
         return {
             "node_id": self.node.node_id,
             "cluster": self.node.cluster,
@@ -97,10 +99,13 @@ class ClusterStatus:
             "highest": highest,
             "members": members,
             "answered": len(answered),
-            "converged": all(not any(m["lag"].values()) for m in answered),
+            "agree": agree,
+            "converged": agree and len(answered) == len(members),
         }
 
 
-def _reason(failure: Any) -> str:
+def _reason(failure: Any, state: PeerState) -> str:
     error = getattr(failure, "value", failure)
-    return str(error) or type(error).__name__
+    if isinstance(error, DeadMember):
+        return str(error)
+    return f"no answer: {error or type(error).__name__}"

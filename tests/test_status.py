@@ -43,7 +43,7 @@ def test_status_lists_every_member_with_counts_and_lag(net: Network, nodes: list
     assert by_id[B]["counters"] == {"default": 4} and by_id[B]["lag"] == {"default": 0}
     assert by_id[C]["counters"] == {"default": 3} and by_id[C]["lag"] == {"default": 1}
     assert status["highest"] == {"default": 4}
-    assert status["converged"] is False
+    assert (status["agree"], status["converged"]) == (False, False)
     assert status["answered"] == 3
 
 
@@ -56,8 +56,8 @@ def test_status_converged_and_a_member_that_does_not_answer(net: Network, nodes:
     status = net.call("GET", A, "/status").json
     dead = status["members"][2]
     assert dead["id"] == C and dead["counters"] is None and dead["lag"] is None
-    assert "refused" in dead["error"].lower()
-    assert (status["answered"], status["converged"]) == (2, True)
+    assert dead["error"].startswith("no answer: ") and "refused" in dead["error"].lower()
+    assert (status["answered"], status["agree"], status["converged"]) == (2, True, False)
 
 
 def test_version(net: Network, nodes: list[TestNode]) -> None:
@@ -92,4 +92,4 @@ def test_dead_members_are_not_asked(net: Network, nodes: list[TestNode]) -> None
     status = net.call("GET", A, "/status").json
     assert len(net.requests("GET", "/counters", to=C)) == asked
     dead = status["members"][2]
-    assert (dead["state"], dead["counters"], dead["error"]) == ("dead", None, "dead: not asked")
+    assert (dead["state"], dead["counters"], dead["error"]) == ("dead", None, "believed dead: not asked")
