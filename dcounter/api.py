@@ -19,16 +19,18 @@ from klein import Klein
 from twisted.copyright import version as twisted_version
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from dcounter import __version__, status, wire
-from dcounter.counter import DEFAULT_COUNTER, CounterOverflow
-from dcounter.health import AdmissionError, HealthChecker
+from dcounter.admission import AdmissionError
+from dcounter.counter import DEFAULT_COUNTER, CounterOverflow, TooManyCounters
+from dcounter.health import HealthChecker
 from dcounter.membership import Membership
 from dcounter.metrics import CONTENT_TYPE, Metrics
 from dcounter.node import Node
-from dcounter.replication import Replicator, WrongCluster
+from dcounter.replication import NotMember, Replicator, WrongCluster
 from dcounter.store import StoreError
 
 
@@ -66,8 +68,10 @@ class CounterAPI:
     errors: list[tuple[type[BaseException], int]] = [
         (wire.MalformedMessage, 400),
         (WrongCluster, 403),
+        (NotMember, 403),
         (NotFound, 404),
         (CounterOverflow, 409),
+        (TooManyCounters, 409),
         (BodyTooLarge, 413),
         (AdmissionError, 502),
         (StoreError, 503),
@@ -94,7 +98,7 @@ class CounterAPI:
         self.cluster_status = status.ClusterStatus(node, membership, replicator.client)
 
     def resource(self) -> Any:
-        return self.app.resource()
+        return _Root(self.app.resource())
 
     @app.handle_errors(Exception)
     def _error(self, request: IRequest, failure: Any) -> bytes:
@@ -149,9 +153,13 @@ class CounterAPI:
     @app.route("/register", methods=["POST"])
     async def register(self, request: IRequest) -> bytes:
         peer = wire.id_body(_body(request))
-        if peer == self.node.node_id:
+        if peer == self.node.node_id:  # the one refusal that no answer could change
             raise wire.MalformedMessage(f"{peer} is this node")
-        node_id = await self.health_checker.admit(peer, expected_id=peer, force=True)
+        try:
+            node_id = await self.health_checker.admit(peer, expected_id=peer, force=True)
+        except AdmissionError as e:  # the client gets the text, the log the detail too
+            self.log.info("/register of {peer} refused: {why}", peer=peer, why=e.for_log())
+            raise
         return _json(request, {"status": "registered", "id": node_id})
 
     @app.route("/remove-peer", methods=["POST"])
@@ -249,6 +257,28 @@ class CounterAPI:
             b"default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'",
         )
         return status.page()
+
+
+class _Root(Resource):
+    """
+    Klein's resource behind one check that it answers in plain text: a path
+    or Host that is not UTF-8 (C{/counters/%FF/increment}) is a JSON 400
+    here, with no traceback logged.
+    """
+
+    isLeaf = True
+
+    def __init__(self, klein: Any) -> None:
+        super().__init__()
+        self.klein = klein
+
+    def render(self, request: Any) -> Any:
+        try:
+            b"/".join(request.postpath).decode("utf-8")
+            request.getRequestHostname().decode("utf-8")
+        except UnicodeDecodeError:
+            return _json(request, {"error": "the path and Host must be UTF-8 once percent-decoded"}, 400)
+        return self.klein.render(request)
 
 
 class BoundedRequest(Request):

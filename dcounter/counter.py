@@ -19,6 +19,12 @@ from collections.abc import Iterable, Mapping
 #: The largest total one slot may hold: SQLite's INTEGER is a signed 64-bit
 #: number, and every store must be able to keep every slot.
 MAX_SLOT = 2**63 - 1
+#: No counter's value, as served, passes these: clients that decode int64 (as
+#: the original's Go clients do) read every value.  A local write that would
+#: take a value past them is refused; merged state past them (many replicas,
+#: each within its slot) is served clamped.
+MAX_VALUE = 2**63 - 1
+MIN_VALUE = -(2**63)
 
 #: (P, N): the increments and decrements one replica made to one counter.
 Slot = tuple[int, int]
@@ -34,8 +40,19 @@ DEFAULT_COUNTER = "default"
 
 class CounterOverflow(ValueError):
     """
-    Adding this amount would take a slot past L{MAX_SLOT}.
+    Adding this amount would take a slot past L{MAX_SLOT}, or the counter's
+    value past L{MAX_VALUE} or L{MIN_VALUE}.
     """
+
+
+class TooManyCounters(ValueError):
+    """
+    A write would create a counter beyond the most this node keeps.
+    """
+
+
+def _served(value: int) -> int:
+    return min(MAX_VALUE, max(MIN_VALUE, value))
 
 
 class Counters:
@@ -43,11 +60,25 @@ class Counters:
     A map of counter name to PN-counter.
     """
 
-    def __init__(self, state: State | None = None) -> None:
+    def __init__(self, state: State | None = None, *, max_counters: int | None = None) -> None:
+        """
+        @param state: state to start from (kept whole, whatever its size).
+        @param max_counters: the most counters, besides L{DEFAULT_COUNTER},
+            that a write or a merge may bring to this map; None for no bound.
+        """
         self._slots: dict[str, dict[str, Slot]] = {}
         self._values: dict[str, int] = {}
+        self.max_counters: int | None = None
+        #: counters in merged state left out for want of room, since start.
+        self.refused = 0
         if state:
             self.merge(state)
+        self.max_counters = max_counters
+
+    def _room_for(self, name: str) -> bool:
+        if self.max_counters is None or name in self._slots or name == DEFAULT_COUNTER:
+            return True
+        return len(self._slots) - (DEFAULT_COUNTER in self._slots) < self.max_counters
 
     def __contains__(self, name: object) -> bool:
         return name in self._slots
@@ -59,13 +90,13 @@ class Counters:
         """
         The value of counter C{name}: 0 for a counter never written.
         """
-        return self._values.get(name, 0)
+        return _served(self._values.get(name, 0))
 
     def values(self) -> dict[str, int]:
         """
         Every counter's value, by name.
         """
-        return dict(self._values)
+        return {name: _served(value) for name, value in self._values.items()}
 
     def slot(self, name: str, replica: str) -> Slot:
         return self._slots.get(name, {}).get(replica, (0, 0))
@@ -75,11 +106,19 @@ class Counters:
         Count C{amount} (positive: an increment, negative: a decrement) in
         C{replica}'s own slot of counter C{name}; return the new slot.
 
-        @raise CounterOverflow: if the slot's total would exceed L{MAX_SLOT}.
+        @raise CounterOverflow: if the slot's total would exceed L{MAX_SLOT},
+            or the value would pass L{MAX_VALUE} or L{MIN_VALUE}.
+        @raise TooManyCounters: if C{name} is new and there is no room.
         @raise ValueError: for an amount of 0.
         """
         if amount == 0:
             raise ValueError("amount must not be 0")
+        if not self._room_for(name):
+            raise TooManyCounters(
+                f"this node keeps at most {self.max_counters} counters besides {DEFAULT_COUNTER!r}"
+            )
+        if not MIN_VALUE <= self._values.get(name, 0) + amount <= MAX_VALUE:
+            raise CounterOverflow(f"counter {name!r} would pass {MAX_VALUE if amount > 0 else MIN_VALUE}")
         p, n = self.slot(name, replica)
         if amount > 0:
             p += amount
@@ -99,6 +138,9 @@ class Counters:
         """
         grown: list[SlotKey] = []
         for name, replicas in state.items():
+            if not self._room_for(name):
+                self.refused += 1
+                continue
             mine = self._slots.setdefault(name, {})
             delta = 0
             for replica, (p, n) in replicas.items():

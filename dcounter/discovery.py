@@ -272,14 +272,12 @@ class DNSJoin(TimerService):
         consider: Callable[[str], None],
         clock: Any,
         *,
-        self_id: str = "",
         interval: float = 2.0,
     ) -> None:
         self.hostname = hostname
         self.port = port
         self.resolver = resolver
         self.consider = consider
-        self.self_id = self_id
         self.last: list[str] = []
         super().__init__(interval, self.resolve_once)
         self.clock = clock
@@ -295,9 +293,8 @@ class DNSJoin(TimerService):
         def found(addresses: list[Any]) -> None:
             ids = sorted({f"{a.host}:{self.port}" for a in addresses if ":" not in a.host})
             self.last = ids
-            for node_id in ids:
-                if node_id != self.self_id:
-                    self.consider(node_id)
+            for node_id in ids:  # this node's own among them: admission refuses it
+                self.consider(node_id)
 
         def failed(reason: Any) -> None:
             # Logged, never raised: that would end the loop for good.

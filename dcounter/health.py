@@ -5,8 +5,8 @@ The health checker: probes peers, and admits new ones.
 Every C{interval} seconds it asks each known peer (dead ones too, so that
 they come back as soon as they answer) and each seed not yet known who it
 is.  The answers go to the membership table, which decides alive, suspect and
-dead.  Admission is a probe with conditions: a node becomes a peer only after
-it answers at its address as the node it claims to be, in our cluster.
+dead.  Admission is a probe with conditions, and L{dcounter.admission}
+decides them: this module only makes the probes.
 """
 
 from __future__ import annotations
@@ -20,25 +20,17 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from dcounter import wire
+from dcounter.admission import Admission, AdmissionError
 from dcounter.client import PeerClient
 from dcounter.membership import Membership, PeerState
 from dcounter.metrics import Metrics
 from dcounter.node import Node
 
 
-class AdmissionError(Exception):
-    """
-    A would-be peer did not answer as the dcounter node it claims to be.
-    """
-
-
 class HealthChecker(TimerService):
     log = Logger()
 
-    #: At most this many admissions of names heard of (consider()) at once:
-    #: a flood of forged announcements or gossip cannot make this node open
-    #: connections without bound.  Dropped names are heard of again later.
-    MAX_CANDIDATES = 32
+    MAX_CANDIDATES = Admission.MAX_CANDIDATES
 
     def __init__(
         self,
@@ -50,6 +42,7 @@ class HealthChecker(TimerService):
         interval: float = 1.0,
         seeds: Iterable[str] = (),
         metrics: Metrics | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.node = node
         self.metrics = metrics if metrics is not None else Metrics()
@@ -61,13 +54,17 @@ class HealthChecker(TimerService):
         self._probing: set[str] = set()
         self._admitting: dict[str, Deferred[str]] = {}
         self._seed_ids: dict[str, str] = {}
-        self._rejected_until: dict[str, float] = {}
         self._contacted: set[str] = set()
         self._seed_failures: dict[str, int] = {}
-        #: Admissions that succeeded, that failed, and names dropped unprobed
-        #: (too many in flight), since start.
-        self.admissions = {"admitted": 0, "rejected": 0, "dropped": 0}
+        self.admission = admission or Admission(membership, node.cluster, retry_after=3 * interval)
         membership.subscribe(self._log_change)
+
+    @property
+    def admissions(self) -> dict[str, int]:
+        """
+        Admissions that succeeded, that failed, and names dropped unprobed.
+        """
+        return self.admission.counts
 
     def _log_change(self, peer: str, old: PeerState | None, new: PeerState | None) -> None:
         self.log.info(
@@ -85,9 +82,7 @@ class HealthChecker(TimerService):
         try:
             now = self.clock.seconds()
             self.membership.expire(now)
-            for address, until in list(self._rejected_until.items()):
-                if until <= now:
-                    del self._rejected_until[address]
+            self.admission.expire(now)
             for peer in self.membership.known():
                 if peer not in self._probing:
                     self._probe(peer)
@@ -115,7 +110,9 @@ class HealthChecker(TimerService):
             self.log.warn(
                 "seed unreachable: {why} (retrying every {interval} s until it answers)",
                 seed=seed,
-                why=reason.getErrorMessage(),
+                why=reason.value.for_log()
+                if isinstance(reason.value, AdmissionError)
+                else reason.getErrorMessage(),
                 interval=self.step,
             )
 
@@ -126,12 +123,14 @@ class HealthChecker(TimerService):
 
         def answered(hello: wire.Hello) -> None:
             now = self.clock.seconds()
-            if hello.node_id == peer and hello.cluster == self.node.cluster:
-                self.metrics.probe("ok", now - started)
-                self.membership.heard_from(peer, now, hello.incarnation)
-            else:
+            try:
+                self.admission.check(peer, hello, expected_id=peer)
+            except AdmissionError:
                 self.metrics.probe("wrong_node", now - started)
                 self.membership.failed(peer, now)
+            else:
+                self.metrics.probe("ok", now - started)
+                self.membership.heard_from(peer, now, hello.incarnation)
 
         def failed(reason: Failure) -> None:
             now = self.clock.seconds()
@@ -147,36 +146,30 @@ class HealthChecker(TimerService):
     def consider(self, address: str, *, contact: bool = False) -> None:
         """
         A node id heard of (through gossip, discovery or DNS): admit it if it
-        answers as itself.  At most one probe at a time per address, and
-        none for C{3 * interval} after one fails, so that a stale or forged
-        name costs little.
+        answers as itself and L{Admission} agrees that it is worth a probe.
 
         @param contact: the node itself just contacted us over HTTP: probe
             it even if an earlier probe failed (it was not up yet).
         """
-        now = self.clock.seconds()
         if address in self._admitting:
             if contact:  # the probe in flight may have started before it was up
                 self._contacted.add(address)
             return
-        if not contact and self._rejected_until.get(address, 0) > now:
-            return
-        if len(self._admitting) >= self.MAX_CANDIDATES:
-            self.admissions["dropped"] += 1
+        if not self.admission.should_probe(address, self.clock.seconds(), contact=contact):
             return
 
         def rejected(reason: Any) -> None:
-            self.log.debug("not admitting {address}: {reason}", address=address, reason=reason.value)
-            self._rejected_until[address] = self.clock.seconds() + 3 * self.step
+            why = reason.value.for_log() if isinstance(reason.value, AdmissionError) else reason.value
+            self.log.debug("not admitting {address}: {why}", address=address, why=why)
 
         self.admit(address, expected_id=address).addErrback(rejected)
 
     def admit(self, address: str, expected_id: str | None = None, *, force: bool = False) -> Deferred[str]:
         """
-        Probe C{address}; if it answers as a dcounter node of our cluster (as
-        C{expected_id}, if given), make it a peer.
+        Probe C{address}; admit it if L{Admission} accepts its answer.
 
-        @param force: admit it even if an operator removed it recently.
+        @param force: an operator asks: admit it even if it was removed
+            recently, and do not hold a failure against it.
         @return: a Deferred firing with its node id, or failing with
             L{AdmissionError}.
         """
@@ -186,31 +179,27 @@ class HealthChecker(TimerService):
                 # Not a liveness probe: a slow answer is still an answer.
                 hello = await self.client.hello(address, timeout=3 * self.client.timeout)
             except Exception as e:
-                raise AdmissionError(f"{address} did not answer as a dcounter node: {e}") from None
-            if expected_id is not None and hello.node_id != expected_id:
-                raise AdmissionError(f"{address} says it is {hello.node_id}, not {expected_id}")
-            if hello.cluster != self.node.cluster:
-                raise AdmissionError(f"{address} belongs to cluster {hello.cluster!r}")
-            if hello.node_id == self.node.node_id:
-                raise AdmissionError(f"{address} is this node")
+                # What the host answered is logged, never repeated to a
+                # client: /register must not be a port scanner.
+                raise AdmissionError(f"{address} did not answer as a dcounter node", detail=str(e)) from None
+            self.admission.check(address, hello, expected_id)
             self._seed_ids[address] = hello.node_id
-            now = self.clock.seconds()
-            if not self.membership.heard_from(hello.node_id, now, hello.incarnation, force=force):
-                raise AdmissionError(f"{hello.node_id} was removed recently and is quarantined")
-            return hello.node_id
+            return self.admission.admit(address, hello, self.clock.seconds(), force=force)
 
+        self.admission.probing(address)
         d = Deferred.fromCoroutine(go())
         self._admitting[address] = d
 
         def done(result: object) -> object:
             if self._admitting.get(address) is d:
                 del self._admitting[address]
-            self.admissions["rejected" if isinstance(result, Failure) else "admitted"] += 1
+            failed = isinstance(result, Failure)
+            self.admission.done(address, not failed, self.clock.seconds(), penalize=not force)
             if address in self._contacted:
                 # It contacted us while this probe was out: if the probe
                 # failed, it started before the node was up.  Once more.
                 self._contacted.discard(address)
-                if isinstance(result, Failure):
+                if failed:
                     self.consider(address, contact=True)
             return result
 

@@ -91,23 +91,12 @@ class Membership:
 
     # What we learn of peers.
 
-    def heard_from(
-        self, peer_id: str, now: float, incarnation: str | None = None, *, force: bool = False
-    ) -> bool:
+    def heard_from(self, peer_id: str, now: float, incarnation: str | None = None) -> None:
         """
-        C{peer_id} answered a probe or contacted us: it is alive.
-
-        @param force: admit it even if an operator removed it recently (an
-            explicit registration).
-        @return: whether it is in the table now (False for ourselves and for
-            a quarantined peer).
+        C{peer_id} answered a probe or contacted us: it is alive.  Whether a
+        node I{may} be added is not decided here but by
+        L{dcounter.admission.Admission}, the only caller that adds one.
         """
-        if peer_id == self.self_id:
-            return False
-        if self.is_quarantined(peer_id, now):
-            if not force:
-                return False
-            del self._quarantined[peer_id]
         peer = self._peers.get(peer_id)
         if peer is None:
             peer = Peer(peer_id, PeerState.ALIVE, since=now, last_seen=now)
@@ -116,7 +105,6 @@ class Membership:
         if incarnation is not None:
             peer.incarnation = incarnation
         self._set(peer, PeerState.ALIVE, now)
-        return True
 
     def failed(self, peer_id: str, now: float) -> PeerState | None:
         """
@@ -168,6 +156,12 @@ class Membership:
         return [p.id for p in gone]
 
     # What others ask of the table.
+
+    def lift_quarantine(self, peer_id: str) -> None:
+        """
+        An operator registers C{peer_id} again: its quarantine ends.
+        """
+        self._quarantined.pop(peer_id, None)
 
     def is_quarantined(self, peer_id: str, now: float) -> bool:
         until = self._quarantined.get(peer_id)

@@ -28,13 +28,13 @@ WriteListener = Callable[[list[SlotKey]], None]
 class Node:
     log = Logger()
 
-    def __init__(self, store: Store, cluster: str, clock: Any) -> None:
+    def __init__(self, store: Store, cluster: str, clock: Any, *, max_counters: int | None = None) -> None:
         self.store = store
         self.identity = store.identity
         self.cluster = cluster
         self.clock = clock
         self.started = clock.seconds()
-        self.counters = Counters(store.load())
+        self.counters = Counters(store.load(), max_counters=max_counters)
         self._durable: dict[str, Slot] = {
             name: slots[self.replica]
             for name, slots in self.counters.state().items()

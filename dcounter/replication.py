@@ -28,6 +28,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from dcounter import wire
+from dcounter.admission import Admission
 from dcounter.client import PeerClient
 from dcounter.counter import SlotKey
 from dcounter.membership import Membership, PeerState
@@ -37,6 +38,12 @@ from dcounter.node import Node
 class WrongCluster(Exception):
     """
     A sync came from a node of another cluster.
+    """
+
+
+class NotMember(Exception):
+    """
+    A sync came from a node that was not admitted: nothing changes.
     """
 
 
@@ -53,8 +60,10 @@ class Replicator(TimerService):
         *,
         interval: float = 2.0,
         rng: random.Random | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.node = node
+        self.admission = admission or Admission(membership, node.cluster)
         self.membership = membership
         self.client = client
         super().__init__(interval, self.anti_entropy)
@@ -161,22 +170,23 @@ class Replicator(TimerService):
         """
         A peer's sync (a push, a push-pull, or the reply to ours).
 
+        Only an admitted member's sync changes anything.  Anyone else's is
+        refused; its sender, if it is a node at all, is considered for
+        admission (it may have just started), and merged from once admitted.
+
         @return: our whole state, if the peer asked for it.
         @raise WrongCluster: if it comes from another cluster; nothing changes.
+        @raise NotMember: if its sender was not admitted; nothing changes.
         """
         if sync.cluster != self.node.cluster:
             raise WrongCluster(f"this node belongs to cluster {self.node.cluster!r}, not {sync.cluster!r}")
+        if not self.admission.is_member(sync.sender):
+            self.consider(sync.sender, contact=True)
+            raise NotMember(f"{sync.sender} is not a member admitted by this node")
         self.node.merge(sync.state)
-        now = self.clock.seconds()
-        if sync.sender in self.membership:
-            self.membership.heard_from(sync.sender, now, sync.incarnation)
-        for member in (sync.sender, *sync.members):
-            if (
-                member != self.node.node_id
-                and member not in self.membership
-                and not self.membership.is_quarantined(member, now)
-            ):
-                self.consider(member, contact=member == sync.sender)
+        self.membership.heard_from(sync.sender, self.clock.seconds(), sync.incarnation)
+        for member in sync.members:
+            self.consider(member)
         if sync.reply:
             return self._message(self.node.outgoing(), reply=False)
         return None

@@ -68,6 +68,19 @@ def _float(option: str, minimum: float) -> Any:
     return coerce
 
 
+def _positive_int(option: str) -> Any:
+    def coerce(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise ValueError(f"{option} takes a whole number, not {value!r}") from None
+        if number < 1:
+            raise ValueError(f"{option} must be at least 1, not {value}")
+        return number
+
+    return coerce
+
+
 def _port(value: str, option: str = "a port") -> int:
     try:
         port = int(value)
@@ -164,6 +177,13 @@ class Options(usage.Options):
             "info",
             "Least level logged: debug, info, warn or error.",
             _choice("--log-level", list(logs.LEVELS)),
+        ],
+        [
+            "max-counters",
+            None,
+            10000,
+            "The most named counters (besides 'default') this node keeps; a write to one more is a 409.",
+            _positive_int("--max-counters"),
         ],
     ]
     optFlags = [
@@ -289,7 +309,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     )
     StoreService(store).setServiceParent(top)
 
-    node = Node(store, options["cluster"], reactor)
+    node = Node(store, options["cluster"], reactor, max_counters=options["max-counters"])
     membership = Membership(node_id)
     interval = options["health-interval"]
     client = PeerClient(
@@ -323,9 +343,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         discovery.setServiceParent(top)
     if options["join-dns"] is not None:
         name, port = options["join-dns"]
-        DNSJoin(name, port, reactor.nameResolver, health.consider, reactor, self_id=node_id).setServiceParent(
-            top
-        )
+        DNSJoin(name, port, reactor.nameResolver, health.consider, reactor).setServiceParent(top)
     log.info(
         "dcounter node {node_id} (replica {replica}) of cluster {cluster}: HTTP on {listen}, "
         "{data}, discovery {discovery}, seeds {seeds}",

@@ -22,14 +22,15 @@ from dcounter.counter import MAX_SLOT, Slot, State
 MAX_BODY = 64 * 1024
 #: Peer state messages may be larger: they carry whole counter maps.
 MAX_SYNC_BODY = 16 * 1024 * 1024
-#: The largest amount one request may add or subtract.
+#: The largest amount one request may add or subtract, and the largest
+#: count the legacy C{/sync} may raise a counter to: far enough below
+#: 2^63-1 that no request can leave a node's own slot unable to grow.
 MAX_AMOUNT = 2**53 - 1
 MAX_NAME = 128
 MAX_MEMBERS = 4096
 
 _COUNTER_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.:-]{{0,{MAX_NAME - 1}}}\Z")
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?\Z")
-_IPV6 = re.compile(r"\[[0-9A-Fa-f:.]{2,45}\]\Z")
 _TOKEN = re.compile(rf"[A-Za-z0-9_.:/\[\]-]{{1,{MAX_NAME}}}\Z")
 
 
@@ -54,7 +55,9 @@ def counter_name(value: object) -> str:
 
 def address(value: object, what: str = "address") -> str:
     """
-    Check a C{HOST:PORT} peer address (a node id) and return it.
+    Check a C{HOST:PORT} peer address (a node id) and return it.  HOST is
+    a hostname or an IPv4 address: nodes serve and probe over IPv4 only, so
+    an IPv6 literal could never answer.
     """
     if not isinstance(value, str) or len(value) > 300:
         raise MalformedMessage(f"{what} must be a HOST:PORT string")
@@ -62,14 +65,16 @@ def address(value: object, what: str = "address") -> str:
     # isdecimal, not isdigit: isdigit() is true of '²', which int() refuses.
     if not sep or not port.isdecimal() or not 0 < int(port) < 65536 or port != str(int(port)):
         raise MalformedMessage(f"{what} must be HOST:PORT with a port from 1 to 65535")
-    if not (_HOSTNAME.match(host) or _IPV6.match(host)):
+    if host.startswith("["):
+        raise MalformedMessage(f"{what} must be a hostname or an IPv4 address, not IPv6")
+    if not _HOSTNAME.match(host):
         raise MalformedMessage(f"{what} has an invalid host: {host!r}")
     return value
 
 
 def split_address(value: str) -> tuple[str, int]:
     host, _, port = value.rpartition(":")
-    return host.strip("[]"), int(port)
+    return host, int(port)
 
 
 def amount(value: object, what: str = "by") -> int:
@@ -95,6 +100,19 @@ def _token(value: object, what: str) -> str:
 # JSON bodies.
 
 
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """
+    Build a JSON object, refusing a key given twice: C{{"by":1,"by":1000}}
+    means nothing certain, and json.loads would silently keep the last.
+    """
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise MalformedMessage(f"field {key!r} appears more than once")
+        obj[key] = value
+    return obj
+
+
 def json_object(body: bytes, *, optional: bool = False) -> dict[str, Any]:
     """
     Decode a request body that must be a JSON object.
@@ -104,7 +122,9 @@ def json_object(body: bytes, *, optional: bool = False) -> dict[str, Any]:
     if optional and not body.strip():
         return {}
     try:
-        value = json.loads(body)
+        value = json.loads(body, object_pairs_hook=_no_duplicates)
+    except MalformedMessage:
+        raise
     except (ValueError, RecursionError):
         raise MalformedMessage("body is not valid JSON") from None
     if not isinstance(value, dict):
@@ -189,7 +209,10 @@ def decode_sync(body: bytes) -> Sync | LegacySync:
     obj = json_object(body)
     if "count" in obj and "state" not in obj:
         only(obj, "count")
-        return LegacySync(_count(obj["count"], "'count'"))
+        count = obj["count"]
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_AMOUNT:
+            raise MalformedMessage(f"'count' must be an integer from 0 to {MAX_AMOUNT}")
+        return LegacySync(count)
     return sync_from_json(obj)
 
 
@@ -237,6 +260,9 @@ class Hello:
     incarnation: str
     cluster: str
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: the id of the cluster key whose MAC the answer carried; None if it
+    #: was not signed.  Set by the peer client, never decoded from JSON.
+    signed_by: str | None = None
 
 
 def decode_hello(body: bytes) -> Hello:

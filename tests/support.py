@@ -102,7 +102,15 @@ def make_node(
     health = HealthChecker(
         node, membership, client, clock, interval=health_interval, seeds=seeds, metrics=metrics
     )
-    replicator = Replicator(node, membership, client, clock, health.consider, interval=anti_entropy_interval)
+    replicator = Replicator(
+        node,
+        membership,
+        client,
+        clock,
+        health.consider,
+        interval=anti_entropy_interval,
+        admission=health.admission,
+    )
     metrics.watch(node, membership, health, discovery)
     api = CounterAPI(node, membership, health, replicator, discovery, metrics=metrics)
     return TestNode(clock, store, node, membership, client, health, replicator, api, api.resource())

@@ -10,7 +10,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dcounter.counter import MAX_SLOT, CounterOverflow, Counters, SlotKey, State
+from dcounter.counter import (
+    DEFAULT_COUNTER,
+    MAX_SLOT,
+    MAX_VALUE,
+    MIN_VALUE,
+    CounterOverflow,
+    Counters,
+    SlotKey,
+    State,
+    TooManyCounters,
+)
 
 NAMES = ["default", "a", "b"]
 REPLICAS = ["n1/x", "n2/y", "n3/z"]
@@ -41,7 +51,10 @@ def merged(*parts: State) -> dict:
 def recomputed(counters: Counters) -> dict[str, int]:
     """Every counter's value, recomputed from scratch from its slots."""
     return {
-        name: sum(p for p, _ in replicas.values()) - sum(n for _, n in replicas.values())
+        name: min(
+            MAX_VALUE,
+            max(MIN_VALUE, sum(p for p, _ in replicas.values()) - sum(n for _, n in replicas.values())),
+        )
         for name, replicas in counters.state().items()
     }
 
@@ -278,7 +291,7 @@ def test_overflow_raises_and_changes_nothing(sign):
     """A write past MAX_SLOT raises CounterOverflow; slot and value are kept."""
     counters = Counters()
     counters.add("a", "r1", sign * (MAX_SLOT - 1))
-    counters.add("a", "r2", 10)
+    counters.add("a", "r2", -sign * 10)
     before, value = counters.state(), counters.value("a")
     with pytest.raises(CounterOverflow):
         counters.add("a", "r1", sign * 2)
@@ -327,3 +340,53 @@ def test_value_cache_matches_recomputation(steps):
         else:
             counters.merge(arg)
         assert_values_consistent(counters)
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+def test_write_past_the_served_range_is_refused(sign):
+    """
+    A local write that would take a value past 2^63-1 (or below -2^63) is
+    refused, though the slot itself has room: a client decoding int64 must
+    read every value.
+    """
+    counters = Counters()
+    counters.merge({"a": {"r2": (MAX_SLOT, 0) if sign > 0 else (0, MAX_SLOT)}})
+    with pytest.raises(CounterOverflow):
+        counters.add("a", "r1", sign * 2)
+    assert counters.slot("a", "r1") == (0, 0)
+    counters.add("a", "r1", -sign)  # away from the edge is fine
+
+
+def test_merged_values_are_served_clamped():
+    """Merged slots summing past 2^63-1 are served as 2^63-1, and never wrap."""
+    counters = Counters(
+        {"a": {"r1": (MAX_SLOT, 0), "r2": (MAX_SLOT, 0)}, "b": {"r1": (0, MAX_SLOT), "r2": (0, 5)}}
+    )
+    assert counters.value("a") == MAX_VALUE
+    assert counters.values() == {"a": MAX_VALUE, "b": MIN_VALUE}
+    with pytest.raises(CounterOverflow):
+        counters.add("a", "r3", 1)
+
+
+def test_max_counters_bounds_writes_and_merges():
+    """
+    Beyond max_counters (the default counter aside), a write to a new counter
+    raises TooManyCounters and a merge leaves new counters out; known ones
+    still take both.
+    """
+    counters = Counters({"x": {"r": (1, 0)}, "y": {"r": (1, 0)}}, max_counters=2)
+    with pytest.raises(TooManyCounters):
+        counters.add("z", "r", 1)
+    assert "z" not in counters
+    counters.add("x", "r", 1)
+    counters.add(DEFAULT_COUNTER, "r", 1)  # not one of the named counters
+    grown = counters.merge({"z": {"p": (5, 0)}, "x": {"p": (5, 0)}})
+    assert grown == [("x", "p")]
+    assert counters.refused == 1
+    assert set(counters.values()) == {"x", "y", DEFAULT_COUNTER}
+
+
+def test_max_counters_does_not_cut_loaded_state():
+    """State a node starts from is kept whole, even past the bound."""
+    counters = Counters({f"c{i}": {"r": (1, 0)} for i in range(5)}, max_counters=2)
+    assert len(counters) == 5

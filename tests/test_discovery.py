@@ -401,11 +401,11 @@ class FakeResolver:
         return receiver
 
 
-def dns_join(answers: dict[str, Any], self_id: str = "") -> tuple[DNSJoin, FakeResolver, list[str], Clock]:
+def dns_join(answers: dict[str, Any]) -> tuple[DNSJoin, FakeResolver, list[str], Clock]:
     clock = Clock()
     resolver = FakeResolver(answers)
     considered: list[str] = []
-    join = DNSJoin("nodes", 8088, resolver, considered.append, clock, self_id=self_id, interval=2.0)
+    join = DNSJoin("nodes", 8088, resolver, considered.append, clock, interval=2.0)
     return join, resolver, considered, clock
 
 
@@ -416,13 +416,6 @@ def test_dns_considers_every_ipv4_address() -> None:
     assert resolver.asked == [("nodes", 8088)]
     assert considered == ["10.0.0.2:8088", "10.0.0.3:8088"]
     assert join.last == ["10.0.0.2:8088", "10.0.0.3:8088"]
-
-
-def test_dns_skips_itself() -> None:
-    """Our own address is found but not considered."""
-    join, _, considered, _ = dns_join({"nodes": ["10.0.0.1", "10.0.0.2"]}, self_id="10.0.0.1:8088")
-    join.resolve_once()
-    assert considered == ["10.0.0.2:8088"]
 
 
 def test_dns_keeps_looping_through_failures() -> None:

@@ -5,8 +5,11 @@ flight per peer, retries, anti-entropy push-pull, and gossip.
 
 from __future__ import annotations
 
+import pytest
+
 from dcounter import wire
 from dcounter.membership import PeerState
+from dcounter.replication import NotMember
 from tests.support import CLUSTER, Network, Sent, TestNode
 
 
@@ -240,11 +243,11 @@ def test_gossip_does_not_admit_what_does_not_answer() -> None:
     """A member named in gossip that does not answer is not admitted."""
     net = Network()
     a, b = net.add_many(2)
+    net.mesh()
     ghost = "127.0.0.1:9099"
     sync = wire.Sync(b.id, "inc", CLUSTER, {}, members=(ghost,))
     a.replicator.received(sync)
     net.settle()
-    assert b.id in a.membership  # b answered as itself
     assert ghost not in a.membership
     assert net.requests("GET", "/health", to=ghost)
 
@@ -324,3 +327,44 @@ def test_stop_cancels_pending_flush() -> None:
     net.settle()
     assert pushes(net, to=b.id) == []
     assert net.clock.getDelayedCalls() == []
+
+
+def test_sync_from_a_stranger_changes_nothing_and_considers_it() -> None:
+    """
+    A sync from a node not admitted is refused (NotMember, a 403 over HTTP):
+    nothing merged, nobody it names probed; its sender is probed, and once
+    admitted, its state arrives by anti-entropy.
+    """
+    net = Network()
+    a, b = net.add_many(2)
+    b.increment(7)
+    ghost = "127.0.0.1:9099"
+    sync = wire.Sync(b.id, b.node.identity.incarnation, CLUSTER, b.node.outgoing(), members=(ghost,))
+    net.hold(b.id)  # b's answer to a's probe waits
+    with pytest.raises(NotMember):
+        a.replicator.received(sync)
+    reply = net.call("POST", a.id, "/sync", json=wire.encode_sync(sync))
+    assert reply.code == 403
+    assert a.count() == 0
+    assert b.id not in a.membership
+    assert len(net.requests("GET", "/health", to=b.id)) == 1  # one probe, however many syncs
+    net.release(b.id)
+    net.settle()
+    assert net.requests("GET", "/health", to=ghost) == []
+    assert b.id in a.membership  # b answered as itself
+    assert a.count() == 7  # admitted: pushed-pulled at once
+
+
+def test_sync_from_an_unreachable_claimed_sender_changes_nothing() -> None:
+    """
+    Two syncs claiming to come from 127.0.0.1:1, where nothing answers (the
+    issue's 'ghost' counter at 2^64-1 on every node): refused, not merged.
+    """
+    net = Network()
+    a = net.add(9001)
+    for replica in ("127.0.0.1:1/x", "127.0.0.1:1/y"):
+        forged = wire.Sync("127.0.0.1:1", "x", CLUSTER, {"ghost": {replica: (2**63 - 1, 0)}})
+        assert net.call("POST", a.id, "/sync", json=wire.encode_sync(forged)).code == 403
+    net.settle()
+    assert "ghost" not in a.node.counters
+    assert a.membership.known() == []

@@ -193,10 +193,10 @@ def test_make_service_without_discovery() -> None:
 
 
 def test_make_service_with_dns() -> None:
-    """--join-dns adds a DNSJoin on the reactor's resolver, skipping the node itself."""
+    """--join-dns adds a DNSJoin on the reactor's resolver."""
     service, reactor = build("--join-dns", "nodes:9100")
     (join,) = [s for s in children(service) if isinstance(s, DNSJoin)]
-    assert (join.hostname, join.port, join.self_id) == ("nodes", 9100, "10.0.0.1:9100")
+    assert (join.hostname, join.port) == ("nodes", 9100)
     assert join.resolver is reactor.nameResolver
 
 

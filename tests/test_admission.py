@@ -1,0 +1,112 @@
+"""
+Admission, the one home of who may become a peer: pure, time passed in.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from dcounter.admission import Admission, AdmissionError
+from dcounter.membership import Membership
+from dcounter.wire import Hello
+
+SELF = "10.0.0.1:8080"
+A = "10.0.0.2:8080"
+CLUSTER = "c1"
+
+
+def admission(**kw: object) -> Admission:
+    return Admission(Membership(SELF, quarantine=60.0), CLUSTER, retry_after=3.0, **kw)  # type: ignore[arg-type]
+
+
+def hello(node_id: str = A, cluster: str = CLUSTER, signed_by: str | None = None) -> Hello:
+    return Hello(node_id, "inc", cluster, signed_by=signed_by)
+
+
+def test_self_is_never_probed_nor_admitted():
+    adm = admission()
+    assert adm.refusal(SELF, 0.0, force=True) == f"{SELF} is this node"
+    assert not adm.should_probe(SELF, 0.0, contact=True)
+    with pytest.raises(AdmissionError):
+        adm.check(SELF, hello(SELF))
+    assert not adm.is_member(SELF)
+
+
+def test_quarantined_is_refused_unless_forced():
+    adm = admission()
+    adm.membership.heard_from(A, 0.0)
+    adm.membership.remove(A, 0.0)
+    assert not adm.should_probe(A, 1.0, contact=True)
+    with pytest.raises(AdmissionError, match="quarantined"):
+        adm.admit(A, hello(), 1.0)
+    assert adm.admit(A, hello(), 1.0, force=True) == A  # an operator's /register
+    assert adm.is_member(A)
+    assert not adm.membership.is_quarantined(A, 1.0)
+
+
+def test_quarantine_ends_by_time():
+    adm = admission()
+    adm.membership.heard_from(A, 0.0)
+    adm.membership.remove(A, 0.0)
+    assert adm.refusal(A, 59.9) is not None
+    assert adm.refusal(A, 60.0) is None
+    assert adm.should_probe(A, 60.0)
+
+
+def test_answer_must_be_the_claimed_node_of_this_cluster():
+    adm = admission()
+    with pytest.raises(AdmissionError) as e:
+        adm.check(A, hello("10.0.0.9:1"), expected_id=A)
+    assert "10.0.0.9" not in str(e.value)  # what the host said is never repeated
+    with pytest.raises(AdmissionError) as e:
+        adm.check(A, hello(cluster="secret-name"))
+    assert "secret-name" not in str(e.value)
+    adm.check(A, hello(), expected_id=A)
+
+
+def test_with_a_key_only_a_signed_answer_admits():
+    adm = admission(signed=True)
+    with pytest.raises(AdmissionError, match="MAC"):
+        adm.check(A, hello())
+    adm.check(A, hello(signed_by="k1"))
+
+
+def test_failed_probe_holds_a_name_off_for_retry_after_unless_it_contacts_us():
+    adm = admission()
+    assert adm.should_probe(A, 0.0)
+    adm.probing(A)
+    assert not adm.should_probe(A, 0.0, contact=True)  # one at a time
+    adm.done(A, False, 1.0)
+    assert adm.counts == {"admitted": 0, "rejected": 1, "dropped": 0}
+    assert not adm.should_probe(A, 3.9)
+    assert adm.should_probe(A, 3.9, contact=True)
+    adm.expire(4.0)
+    assert adm.should_probe(A, 4.0)
+
+
+def test_an_operators_failed_registration_is_not_held_against_a_name():
+    adm = admission()
+    adm.probing(A)
+    adm.done(A, False, 1.0, penalize=False)
+    assert adm.should_probe(A, 1.0)
+
+
+def test_probes_in_flight_are_bounded():
+    adm = admission()
+    for i in range(Admission.MAX_CANDIDATES):
+        name = f"10.0.1.{i}:1"
+        assert adm.should_probe(name, 0.0)
+        adm.probing(name)
+    assert not adm.should_probe("10.0.2.1:1", 0.0)
+    assert adm.counts["dropped"] == 1
+
+
+def test_members_are_names_in_the_table():
+    adm = admission()
+    assert not adm.is_member(A)
+    adm.admit(A, hello(), 0.0)
+    assert adm.is_member(A)
+    assert not adm.should_probe(A, 0.0)  # known: left to the health checker
+    adm.membership.failed(A, 1.0)
+    adm.membership.failed(A, 2.0)
+    assert adm.is_member(A)  # dead, but admitted: its sync brings it back
