@@ -24,6 +24,7 @@ L{dcounter.health.HealthChecker}, which asks here at each step.
 from __future__ import annotations
 
 from dcounter import wire
+from dcounter.keyring import Keyring
 from dcounter.membership import Membership
 
 
@@ -53,18 +54,17 @@ class Admission:
         membership: Membership,
         cluster: str,
         *,
-        signed: bool = False,
+        keyring: Keyring | None = None,
         retry_after: float = 3.0,
     ) -> None:
         """
-        @param signed: a cluster key is set: admit only nodes whose answer
-            carried a valid MAC (L{wire.Hello.signed_by}).  Settable, since
-            keys may be installed at run time.
+        @param keyring: while it holds a key, admit only nodes whose answer
+            carried a valid MAC (L{wire.Hello.signed_by}).
         """
         self.membership = membership
         self.self_id = membership.self_id
         self.cluster = cluster
-        self.signed = signed
+        self.keyring = keyring or Keyring()
         self.retry_after = retry_after
         self._probing: set[str] = set()
         self._rejected_until: dict[str, float] = {}
@@ -128,7 +128,7 @@ class Admission:
 
         @raise AdmissionError: if not.
         """
-        if self.signed and hello.signed_by is None:
+        if self.keyring.enabled and hello.signed_by is None:
             raise AdmissionError(f"{address} did not answer with a valid MAC of this cluster's key")
         if expected_id is not None and hello.node_id != expected_id:
             raise AdmissionError(f"{address} did not answer as {expected_id}")

@@ -11,6 +11,7 @@ place where exceptions map to statuses; nothing else reaches a client.
 
 from __future__ import annotations
 
+import hmac
 import json
 import platform
 from typing import Any
@@ -23,7 +24,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from dcounter import __version__, status, wire
+from dcounter import __version__, keyring, status, wire
 from dcounter.admission import AdmissionError
 from dcounter.counter import DEFAULT_COUNTER, CounterOverflow, TooManyCounters
 from dcounter.health import HealthChecker
@@ -40,6 +41,13 @@ class NotFound(Exception):
 
 class BodyTooLarge(Exception):
     pass
+
+
+class Unauthorized(Exception):
+    """
+    A request lacks the token or the MAC its endpoint needs: a 401, and
+    nothing changes.
+    """
 
 
 def _json(request: IRequest, body: object, code: int = 200) -> bytes:
@@ -67,6 +75,7 @@ class CounterAPI:
     #: exception -> HTTP status; checked in order, first match wins.
     errors: list[tuple[type[BaseException], int]] = [
         (wire.MalformedMessage, 400),
+        (Unauthorized, 401),
         (WrongCluster, 403),
         (NotMember, 403),
         (NotFound, 404),
@@ -85,7 +94,18 @@ class CounterAPI:
         replicator: Replicator,
         discovery: Any = None,
         metrics: Metrics | None = None,
+        *,
+        guard: keyring.Guard | None = None,
+        admin_token: str | None = None,
+        client_token: str | None = None,
     ) -> None:
+        """
+        @param guard: signs and checks node-to-node messages, once its
+            keyring holds a key.
+        @param admin_token: the operator token; without it, the one derived
+            from the signing key (L{keyring.Keyring.admin_token}).
+        @param client_token: if set, the token every client endpoint needs.
+        """
         self.node = node
         self.membership = membership
         self.health_checker = health
@@ -96,9 +116,79 @@ class CounterAPI:
             metrics.watch(node, membership, health, discovery)
         self.metrics = metrics
         self.cluster_status = status.ClusterStatus(node, membership, replicator.client)
+        self.guard = guard or keyring.Guard(keyring.Keyring(), node.node_id)
+        self._admin_token = admin_token
+        self.client_token = client_token
+
+    # Who may call what.
+
+    #: Endpoints anyone may call: probes and monitoring, the API's own
+    #: description.  /sync decides for itself (a peer's MAC or an operator's
+    #: token).  Every other endpoint is a client's.
+    OPEN = frozenset({"/health", "/openapi.json", "/sync"})
+    #: Endpoints that need the operator's token once a key (or the token) is set.
+    OPERATOR = frozenset({"/register", "/remove-peer"})
+
+    def admin_token(self) -> str | None:
+        return self._admin_token or self.guard.keyring.admin_token()
+
+    @property
+    def auth_mode(self) -> str:
+        return "on" if self.guard.enabled or self._admin_token or self.client_token else "off"
+
+    def authorize(self, request: IRequest, path: str) -> None:
+        """
+        Check the bearer token C{path} needs, before any handler runs.
+
+        @raise Unauthorized: if it is missing or wrong.
+        """
+        if path in self.OPERATOR:
+            self._bearer(request, self.admin_token())
+        elif path not in self.OPEN and self.client_token is not None:
+            self._bearer(request, self.client_token, self.admin_token())
+
+    def _bearer(self, request: IRequest, *tokens: str | None) -> None:
+        wanted = [t for t in tokens if t]
+        if not wanted:
+            return
+        given = (request.getHeader(b"authorization") or b"").decode("latin-1")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() == "bearer" and any(hmac.compare_digest(token.strip(), t) for t in wanted):
+            return
+        request.setHeader(b"WWW-Authenticate", b'Bearer realm="dcounter"')
+        raise Unauthorized("this endpoint needs 'Authorization: Bearer TOKEN'")
+
+    def _signature(self, request: IRequest) -> wire.Auth | None:
+        raw = request.getHeader(wire.AUTH_HEADER.encode())
+        if raw is None:
+            return None
+        try:
+            return wire.decode_auth(raw)
+        except wire.MalformedMessage:
+            self.guard.refused("http", "malformed")
+            raise Unauthorized("malformed signature") from None
+
+    def _verify(self, request: IRequest, auth: wire.Auth | None, to: str, body: bytes) -> wire.Auth:
+        method = request.method.decode()
+        context = keyring.request_context(method, request.path.decode(), to)
+        try:
+            self.guard.check("http", context, auth, body, self.node.clock.seconds())
+        except keyring.Refused as e:
+            raise Unauthorized(f"message refused: {e.reason}") from None
+        assert auth is not None
+        return auth
+
+    def _signed(self, request: IRequest, body: object, answered: wire.Auth) -> bytes:
+        """
+        An answer to a signed request: signed, and bound to it.
+        """
+        data = _json(request, body)
+        auth = self.guard.seal(keyring.response_context(200, answered), data, self.node.clock.seconds())
+        request.setHeader(wire.AUTH_HEADER.encode(), wire.encode_auth(auth).encode())
+        return data
 
     def resource(self) -> Any:
-        return _Root(self.app.resource())
+        return _Root(self)
 
     @app.handle_errors(Exception)
     def _error(self, request: IRequest, failure: Any) -> bytes:
@@ -117,12 +207,26 @@ class CounterAPI:
 
     @app.route("/health", methods=["GET"])
     def health(self, request: IRequest) -> bytes:
+        """
+        A probe from a peer is signed, when a key is set, and so is our
+        answer; a monitor's unsigned request gets a plain answer, which no
+        peer admits.
+        """
+        auth = self._signature(request) if self.guard.enabled else None
+        if auth is not None:
+            self._verify(request, auth, "", b"")
         hello = wire.Hello(
             node_id=self.node.node_id,
             incarnation=self.node.identity.incarnation,
             cluster=self.node.cluster,
-            extra={"uptime": round(self.node.uptime(), 3), "peers": self.membership.counts()},
+            extra={
+                "uptime": round(self.node.uptime(), 3),
+                "peers": self.membership.counts(),
+                "auth": self.auth_mode,
+            },
         )
+        if auth is not None:
+            return self._signed(request, wire.encode_hello(hello), auth)
         return _json(request, wire.encode_hello(hello))
 
     @app.route("/count", methods=["GET"])
@@ -137,14 +241,33 @@ class CounterAPI:
 
     @app.route("/sync", methods=["POST"])
     async def sync(self, request: IRequest) -> bytes:
-        message = wire.decode_sync(_body(request, wire.MAX_SYNC_BODY))
+        """
+        With a key set: a peer's sync must carry a valid MAC, from the node
+        it names as sender; the legacy C{{"count": N}} (no MAC) needs the
+        operator's token.  Without: as the original, open.
+        """
+        body = _body(request, wire.MAX_SYNC_BODY)
+        auth = self._signature(request) if self.guard.enabled else None
+        if auth is not None:
+            self._verify(request, auth, self.node.node_id, body)
+        message = wire.decode_sync(body)
         if isinstance(message, wire.LegacySync):
+            if auth is not None:
+                raise wire.MalformedMessage("a peer's sync carries state, not 'count'")
+            self._bearer(request, self.admin_token())
             count = await self.node.raise_to(DEFAULT_COUNTER, message.count)
             return _json(request, {"count": count, "node_id": self.node.node_id})
+        if self.guard.enabled:
+            if auth is None:
+                self.guard.refused("http", "unsigned")
+                raise Unauthorized("a peer's sync must be signed with the cluster's key")
+            if auth.sender != message.sender:
+                raise Unauthorized("a sync signed by one node in the name of another")
         reply = self.replicator.received(message)
-        if reply is None:
-            return _json(request, {"ok": True})
-        return _json(request, wire.encode_sync(reply))
+        answer = {"ok": True} if reply is None else wire.encode_sync(reply)
+        if auth is not None:
+            return self._signed(request, answer, auth)
+        return _json(request, answer)
 
     @app.route("/peers", methods=["GET"])
     def peers(self, request: IRequest) -> bytes:
@@ -181,6 +304,7 @@ class CounterAPI:
             "cluster": self.node.cluster,
             "enabled": self.discovery is not None,
             "admissions": dict(self.health_checker.admissions),
+            "auth": self.guard.info() | {"auth": self.auth_mode},
         }
         if self.discovery is not None:
             info.update(self.discovery.info())
@@ -268,16 +392,21 @@ class _Root(Resource):
 
     isLeaf = True
 
-    def __init__(self, klein: Any) -> None:
+    def __init__(self, api: CounterAPI) -> None:
         super().__init__()
-        self.klein = klein
+        self.api = api
+        self.klein = api.app.resource()
 
     def render(self, request: Any) -> Any:
         try:
-            b"/".join(request.postpath).decode("utf-8")
+            path = "/" + b"/".join(request.postpath).decode("utf-8")
             request.getRequestHostname().decode("utf-8")
         except UnicodeDecodeError:
             return _json(request, {"error": "the path and Host must be UTF-8 once percent-decoded"}, 400)
+        try:
+            self.api.authorize(request, path)
+        except Unauthorized as e:
+            return _json(request, {"error": str(e)}, 401)
         return self.klein.render(request)
 
 

@@ -10,12 +10,13 @@ C{treq.testing.StubTreq} in unit tests.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import treq
 from twisted.internet.defer import Deferred
 
-from dcounter import wire
+from dcounter import keyring, wire
 from dcounter.metrics import Metrics, sync_size
 
 #: The largest answer taken from a peer: a whole-state sync reply at most.
@@ -33,6 +34,11 @@ def peer_url(address: str, path: str) -> str:
 
 
 class PeerClient:
+    """
+    With a L{keyring.Guard} whose keyring holds keys, every request is
+    signed and every answer must carry a valid MAC bound to its request.
+    """
+
     def __init__(
         self,
         http: Any,
@@ -40,21 +46,43 @@ class PeerClient:
         timeout: float = 1.0,
         max_response: int = MAX_RESPONSE,
         metrics: Metrics | None = None,
+        guard: keyring.Guard | None = None,
     ) -> None:
         self._http = http
         self.metrics = metrics if metrics is not None else Metrics()
         self._clock = clock
         self.timeout = timeout
         self.max_response = max_response
+        self.guard = guard
 
-    async def _call(self, method: str, address: str, path: str, **kwargs: Any) -> bytes:
+    async def _call(
+        self, method: str, address: str, path: str, body: bytes = b"", to: str = "", signed: bool = True
+    ) -> tuple[bytes, wire.Auth | None]:
+        """
+        @param to: the node id the request is for, bound into its MAC (""
+            for a request any node may take).
+        @param signed: with a key, sign the request and take only a signed
+            answer (a node-to-node message); else a plain client's read.
+        @return: the answer's body, and its verified signature (None when
+            no key is set, or not C{signed}).
+        """
+        headers: dict[str, list[str]] = {}
+        request_auth = None
+        guard = self.guard if signed and self.guard is not None and self.guard.enabled else None
+        if guard is not None:
+            now = self._clock.seconds()
+            request_auth = guard.seal(keyring.request_context(method, path, to), body, now)
+            headers[wire.AUTH_HEADER] = [wire.encode_auth(request_auth)]
+        if body:
+            headers["Content-Type"] = ["application/json"]
         response = await self._http.request(
             method,
             peer_url(address, path),
             reactor=self._clock,
             allow_redirects=False,
             unbuffered=True,
-            **kwargs,
+            headers=headers,
+            **({"data": body} if body else {}),
         )
         chunks: list[bytes] = []
         size = 0
@@ -70,7 +98,27 @@ class PeerClient:
         if response.code != 200:
             # Not the body: an address we were asked to probe may be anything.
             raise PeerError(f"{address}{path} answered {response.code}")
-        return b"".join(chunks)
+        answer = b"".join(chunks)
+        if guard is None or request_auth is None:
+            return answer, None
+        raw = response.headers.getRawHeaders(wire.AUTH_HEADER, [None])[0]
+        try:
+            auth = None if raw is None else wire.decode_auth(raw)
+        except wire.MalformedMessage:
+            guard.refused("http", "malformed")
+            raise PeerError(f"{address}{path} answered with a malformed signature") from None
+        try:
+            guard.check(
+                "http",
+                keyring.response_context(response.code, request_auth),
+                auth,
+                answer,
+                self._clock.seconds(),
+                replay=False,
+            )
+        except keyring.Refused as e:
+            raise PeerError(f"{address}{path} answered without a valid MAC ({e.reason})") from None
+        return answer, auth
 
     def _deadline(self, call: Any, timeout: float | None) -> Deferred[Any]:
         """
@@ -85,11 +133,16 @@ class PeerClient:
         """
 
         async def go() -> wire.Hello:
-            body = await self._call("GET", address, "/health")
+            body, auth = await self._call("GET", address, "/health")
             try:
-                return wire.decode_hello(body)
+                hello = wire.decode_hello(body)
             except wire.MalformedMessage as e:
                 raise PeerError(f"{address} is not a dcounter node: {e}") from None
+            if auth is None:
+                return hello
+            if auth.sender != hello.node_id:
+                raise PeerError(f"{address} signed as another node than it says it is")
+            return wire.Hello(hello.node_id, hello.incarnation, hello.cluster, signed_by=auth.key_id)
 
         return self._deadline(go(), timeout)
 
@@ -103,7 +156,8 @@ class PeerClient:
         encoded = wire.encode_sync(message)
 
         async def go() -> wire.Sync | None:
-            body = await self._call("POST", address, "/sync", json=encoded)
+            data = json.dumps(encoded, separators=(",", ":")).encode()
+            body, _ = await self._call("POST", address, "/sync", data, to=address)
             if not message.reply:
                 return None
             try:
@@ -133,7 +187,8 @@ class PeerClient:
         """
 
         async def go() -> dict[str, int]:
-            body = await self._call("GET", address, "/counters")
+            # A client's read, for display: not part of the cluster protocol.
+            body, _ = await self._call("GET", address, "/counters", signed=False)
             try:
                 values = wire.json_object(body).get("counters")
                 if not isinstance(values, dict) or not all(

@@ -35,7 +35,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from dcounter import wire
+from dcounter import keyring, wire
 from dcounter.membership import Membership, PeerState
 
 LOOPBACK_BROADCAST = "127.255.255.255"
@@ -121,7 +121,13 @@ class Discovery(Service):
         interval: float = 2.0,
         jitter: float = 0.25,
         rng: random.Random | None = None,
+        guard: keyring.Guard | None = None,
     ) -> None:
+        """
+        @param guard: once its keyring holds a key, every datagram sent is
+            signed, and every one received must be, validly, or is dropped.
+        """
+        self.guard = guard or keyring.Guard(keyring.Keyring(), announcement.node_id)
         self.announcement = announcement
         self.membership = membership
         self.consider = consider
@@ -164,7 +170,7 @@ class Discovery(Service):
         Broadcast our announcement now, and schedule the next.  Never raises.
         """
         try:
-            data = wire.encode_announcement(self.announcement)
+            data = self._encode(self.announcement)
             for address in self.broadcasts:
                 self._send(data, (address, self.port))
             self.last_sent = self.reactor.seconds()
@@ -172,6 +178,13 @@ class Discovery(Service):
             self.log.failure("announcement failed")
         spread = self.interval * self.jitter
         self._next = self.reactor.callLater(self.interval + self._rng.uniform(-spread, spread), self.announce)
+
+    def _encode(self, announcement: wire.Announcement) -> bytes:
+        data = wire.encode_announcement(announcement)
+        if not self.guard.enabled:
+            return data
+        auth = self.guard.seal(keyring.datagram_context(), data, self.reactor.seconds())
+        return wire.encode_signed_datagram(auth, data)
 
     def _send(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
@@ -195,9 +208,19 @@ class Discovery(Service):
     def _received(self, datagram: bytes, addr: tuple[str, int]) -> None:
         self.stats["received"] += 1
         try:
-            a = wire.decode_announcement(datagram)
+            auth, payload = wire.decode_signed_datagram(datagram)
+            if self.guard.enabled:
+                self.guard.check("udp", keyring.datagram_context(), auth, payload, self.reactor.seconds())
+            a = wire.decode_announcement(payload)
+            if auth is not None and auth.sender != a.node_id:
+                raise wire.MalformedMessage("signed by one node in the name of another")
+        except keyring.Refused as e:
+            self._drop(addr, f"datagram refused: {e.reason}")
+            return
         except wire.MalformedMessage as e:
             self.stats["malformed"] += 1
+            if self.guard.enabled:
+                self.guard.refused("udp", "malformed")
             self._drop(addr, f"invalid datagram: {e}")
             return
         if a.cluster != self.announcement.cluster:
@@ -215,7 +238,7 @@ class Discovery(Service):
         new = peer is None or peer.state is PeerState.DEAD or peer.incarnation != a.incarnation
         if a.kind == "announce" and new:
             reply = wire.Announcement(**{**self.announcement.__dict__, "kind": "reply"})
-            self._send(wire.encode_announcement(reply), addr)
+            self._send(self._encode(reply), addr)
             self.stats["replies_sent"] += 1
         if new:
             self.consider(a.http)

@@ -13,19 +13,21 @@ import errno
 import ipaddress
 import os
 import platform
+import signal
 import socket
 from typing import Any
 
 from treq.client import HTTPClient
 from twisted.application import strports
-from twisted.application.service import IService
+from twisted.application.service import IService, Service
 from twisted.copyright import version as twisted_version
 from twisted.internet import endpoints
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 
-from dcounter import __version__, logs, wire
+from dcounter import __version__, keyring, logs, wire
+from dcounter.admission import Admission
 from dcounter.api import CounterAPI, CounterSite
 from dcounter.client import PeerClient
 from dcounter.discovery import Discovery, DNSJoin, default_broadcasts
@@ -191,10 +193,57 @@ class Options(usage.Options):
         ["in-memory", None, "Keep nothing on disk: every start is a new replica with no counters."],
         ["access-log", None, "Log every HTTP request."],
     ]
+    optParameters += [
+        [
+            "secret-file",
+            None,
+            None,
+            "File of cluster keys, one a line, after --secret and $DCOUNTER_SECRET; "
+            "re-read on SIGHUP (key rotation).",
+        ],
+        [
+            "admin-token",
+            None,
+            None,
+            "Bearer token for /register, /remove-peer and the legacy /sync "
+            "[default with a key: derived from the first key].",
+        ],
+        ["client-token", None, None, "Bearer token every client endpoint needs [default: none]."],
+    ]
 
     def __init__(self, environ: dict[str, str] | None = None) -> None:
         super().__init__()
         self.environ = os.environ if environ is None else environ
+        self["secrets"] = []
+
+    def opt_secret(self, value: str) -> None:
+        """
+        A cluster key (repeatable; also $DCOUNTER_SECRET): the first key
+        signs, every key verifies.  With a key, strangers change nothing.
+        """
+        self["secrets"].append(value)
+
+    def cluster_keys(self) -> list[str]:
+        """
+        Every key, in order: --secret, $DCOUNTER_SECRET, then --secret-file
+        (read now: called again on SIGHUP).
+
+        @raise usage.UsageError: if the file cannot be read or a key is bad.
+        """
+        keys = list(self["secrets"])
+        if self.environ.get("DCOUNTER_SECRET"):
+            keys.append(self.environ["DCOUNTER_SECRET"])
+        if self["secret-file"] is not None:
+            try:
+                with open(self["secret-file"]) as f:
+                    keys += keyring.keys_from_file(f.read())
+            except (OSError, UnicodeDecodeError) as e:
+                raise usage.UsageError(f"--secret-file: {e}") from None
+        try:
+            keyring.Keyring(keys)
+        except keyring.KeyringError as e:
+            raise usage.UsageError(str(e)) from None
+        return keys
 
     def opt_version(self) -> None:
         """
@@ -249,6 +298,10 @@ class Options(usage.Options):
             wire._token(self["cluster"], "--cluster")
         except wire.MalformedMessage as e:
             raise usage.UsageError(str(e)) from None
+        self["keys"] = self.cluster_keys()
+        for token in ("admin-token", "client-token"):
+            if self[token] is not None and len(self[token]) < keyring.MIN_KEY_BYTES:
+                raise usage.UsageError(f"--{token} must be at least {keyring.MIN_KEY_BYTES} characters")
         if self["in-memory"] and self["data-dir"] is not None:
             raise usage.UsageError("--data-dir and --in-memory cannot be used together")
         if not self["in-memory"] and self["data-dir"] is None:
@@ -311,15 +364,37 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 
     node = Node(store, options["cluster"], reactor, max_counters=options["max-counters"])
     membership = Membership(node_id)
+    keys = keyring.Keyring(options["keys"])
+    guard = keyring.Guard(keys, node_id)
+    if options["secret-file"] is not None:
+        KeyReloader(options, keys, reactor).setServiceParent(top)
     interval = options["health-interval"]
     client = PeerClient(
-        _http_client(reactor, timeout=interval * 0.75), reactor, timeout=interval * 0.75, metrics=metrics
+        _http_client(reactor, timeout=interval * 0.75),
+        reactor,
+        timeout=interval * 0.75,
+        metrics=metrics,
+        guard=guard,
     )
+    admission = Admission(membership, options["cluster"], keyring=keys, retry_after=3 * interval)
     health = HealthChecker(
-        node, membership, client, reactor, interval=interval, seeds=options["peers"], metrics=metrics
+        node,
+        membership,
+        client,
+        reactor,
+        interval=interval,
+        seeds=options["peers"],
+        metrics=metrics,
+        admission=admission,
     )
     replicator = Replicator(
-        node, membership, client, reactor, health.consider, interval=options["anti-entropy-interval"]
+        node,
+        membership,
+        client,
+        reactor,
+        health.consider,
+        interval=options["anti-entropy-interval"],
+        admission=admission,
     )
     discovery = None
     if not options["no-discovery"]:
@@ -332,9 +407,20 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             port=options["discovery-port"],
             broadcasts=options["broadcast"] or default_broadcasts(host),
             interval=options["announce-interval"],
+            guard=guard,
         )
     metrics.watch(node, membership, health, discovery)
-    api = CounterAPI(node, membership, health, replicator, discovery, metrics=metrics)
+    api = CounterAPI(
+        node,
+        membership,
+        health,
+        replicator,
+        discovery,
+        metrics=metrics,
+        guard=guard,
+        admin_token=options["admin-token"],
+        client_token=options["client-token"],
+    )
     site = CounterSite(api, options["access-log"], reactor)
     strports.service(options["listen"], site, reactor=reactor).setServiceParent(top)
     replicator.setServiceParent(top)
@@ -359,7 +445,61 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         ),
         seeds=", ".join(options["peers"]) or "none",
     )
+    if api.auth_mode == "off":
+        log.warn(
+            "auth is off: no cluster key is set, so any host that reaches this node can change its "
+            "counters and peers (give --secret, --secret-file or $DCOUNTER_SECRET)"
+        )
+    else:
+        log.info(
+            "auth is on: {keys} cluster key(s), signing with {kid}; operator endpoints need {admin}; "
+            "client endpoints need {client}",
+            keys=len(keys.ids),
+            kid=keys.signing_id or "none",
+            admin="--admin-token" if options["admin-token"] else "the token derived from the first key",
+            client="--client-token" if options["client-token"] else "no token",
+        )
     return top
+
+
+class KeyReloader(Service):
+    """
+    Re-reads the keys (--secret-file above all) on SIGHUP: how keys rotate
+    while the node runs.  A reload that fails, or that would leave a node
+    that had keys with none, changes nothing and is logged.
+    """
+
+    def __init__(self, options: Options, keys: keyring.Keyring, reactor: Any) -> None:
+        self.options = options
+        self.keys = keys
+        self.reactor = reactor
+        self._previous: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._previous = signal.signal(signal.SIGHUP, self._signalled)
+
+    def stopService(self) -> Any:
+        if self._previous is not None:
+            signal.signal(signal.SIGHUP, self._previous)
+        return super().stopService()
+
+    def _signalled(self, signum: int, frame: Any) -> None:
+        self.reactor.callFromThread(self.reload)
+
+    def reload(self) -> None:
+        try:
+            new = self.options.cluster_keys()
+        except usage.UsageError as e:
+            log.error("keys not reloaded: {error}", error=e)
+            return
+        if self.keys.enabled and not new:
+            log.error("keys not reloaded: no key left (auth cannot be turned off while running)")
+            return
+        self.keys.set(new)
+        log.info(
+            "keys reloaded: signing with {kid}, verifying {ids}", kid=self.keys.signing_id, ids=self.keys.ids
+        )
 
 
 class _QuietFactory(_HTTP11ClientFactory):

@@ -345,3 +345,83 @@ def decode_announcement(data: bytes) -> Announcement:
         incarnation=_token(obj.get("incarnation"), "'incarnation'"),
         kind=kind,
     )
+
+
+# Signatures: what a signed message carries (see dcounter.keyring).
+
+#: The HTTP header of a signed request or response.
+AUTH_HEADER = "X-Dcounter-Auth"
+#: A signed datagram: this prefix, the Auth, a newline, the announcement.
+SIGNED_DATAGRAM = b"dcounter-signed "
+_HEX8 = re.compile(r"[0-9a-f]{8}\Z")
+_HEX64 = re.compile(r"[0-9a-f]{64}\Z")
+_DECIMAL = re.compile(r"[0-9]{1,20}\Z")
+
+
+@dataclass(frozen=True)
+class Auth:
+    """
+    The signature of a message: key id, sender's node id, timestamp (ms),
+    sequence number and MAC (hex).
+    """
+
+    key_id: str
+    sender: str
+    timestamp: int
+    seq: int
+    mac: str
+
+
+def encode_auth(auth: Auth) -> str:
+    return f"kid={auth.key_id},from={auth.sender},ts={auth.timestamp},seq={auth.seq},mac={auth.mac}"
+
+
+def decode_auth(value: str | bytes) -> Auth:
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("ascii")
+        except UnicodeDecodeError:
+            raise MalformedMessage("a signature is ASCII") from None
+    if len(value) > 512:
+        raise MalformedMessage("signature too long")
+    fields: dict[str, str] = {}
+    for item in value.split(","):
+        key, sep, val = item.partition("=")
+        if not sep or key in fields:
+            raise MalformedMessage("a signature is kid=,from=,ts=,seq=,mac=, each once")
+        fields[key] = val
+    if set(fields) != {"kid", "from", "ts", "seq", "mac"}:
+        raise MalformedMessage("a signature is kid=,from=,ts=,seq=,mac=, each once")
+    if not _HEX8.match(fields["kid"]) or not _HEX64.match(fields["mac"]):
+        raise MalformedMessage("a signature's kid is 8 and its mac 64 lower-case hex digits")
+    if not _DECIMAL.match(fields["ts"]) or not _DECIMAL.match(fields["seq"]):
+        raise MalformedMessage("a signature's ts and seq are decimal integers")
+    return Auth(
+        key_id=fields["kid"],
+        sender=address(fields["from"], "a signature's 'from'"),
+        timestamp=int(fields["ts"]),
+        seq=int(fields["seq"]),
+        mac=fields["mac"],
+    )
+
+
+def encode_signed_datagram(auth: Auth, payload: bytes) -> bytes:
+    data = SIGNED_DATAGRAM + encode_auth(auth).encode() + b"\n" + payload
+    if len(data) > MAX_DATAGRAM:
+        raise MalformedMessage("announcement too large")
+    return data
+
+
+def decode_signed_datagram(data: bytes) -> tuple[Auth | None, bytes]:
+    """
+    Split a datagram into its signature (None if it has none) and payload.
+    The payload is not decoded: it is checked first.
+    """
+    if len(data) > MAX_DATAGRAM:
+        raise MalformedMessage(f"datagram of {len(data)} bytes, more than {MAX_DATAGRAM}")
+    if not data.startswith(SIGNED_DATAGRAM):
+        return None, data
+    head, sep, payload = data[len(SIGNED_DATAGRAM) :].partition(b"\n")
+    if not sep:
+        raise MalformedMessage("a signed datagram has a newline after its signature")
+    return decode_auth(head), payload

@@ -231,7 +231,10 @@ class Network:
         """
         parts = urlsplit(url)
         to = parts.netloc
-        self.sent.append(Sent(method, to, parts.path, kwargs.get("json"), sender))
+        body = kwargs.get("json")
+        if body is None and sender and kwargs.get("data"):  # a node's own JSON
+            body = json.loads(kwargs["data"])
+        self.sent.append(Sent(method, to, parts.path, body, sender))
         if len(self.sent) > self.max_requests:
             # A runaway retry loop: stop answering, so that the test fails
             # on its counts instead of spinning forever.

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from dcounter.admission import Admission, AdmissionError
+from dcounter.keyring import Keyring
 from dcounter.membership import Membership
 from dcounter.wire import Hello
 
@@ -65,7 +66,7 @@ def test_answer_must_be_the_claimed_node_of_this_cluster():
 
 
 def test_with_a_key_only_a_signed_answer_admits():
-    adm = admission(signed=True)
+    adm = admission(keyring=Keyring(["k" * 16]))
     with pytest.raises(AdmissionError, match="MAC"):
         adm.check(A, hello())
     adm.check(A, hello(signed_by="k1"))
