@@ -25,9 +25,11 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from dcounter.admission import Admission
 from dcounter.api import CounterAPI
 from dcounter.client import PeerClient
 from dcounter.health import HealthChecker
+from dcounter.keyring import Guard, Keyring
 from dcounter.membership import Membership
 from dcounter.metrics import Metrics
 from dcounter.node import Node
@@ -87,6 +89,9 @@ def make_node(
     anti_entropy_interval: float = 2.0,
     timeout: float = TIMEOUT,
     discovery: Any = None,
+    keys: Iterable[str] = (),
+    admin_token: str | None = None,
+    client_token: str | None = None,
     **membership_options: Any,
 ) -> TestNode:
     """
@@ -98,9 +103,19 @@ def make_node(
     node = Node(store, cluster, clock)
     membership = Membership(node_id, **membership_options)
     metrics = Metrics()
-    client = PeerClient(http, clock, timeout=timeout, metrics=metrics)
+    ring = Keyring(keys)
+    guard = Guard(ring, node_id)
+    client = PeerClient(http, clock, timeout=timeout, metrics=metrics, guard=guard)
+    admission = Admission(membership, cluster, keyring=ring, retry_after=3 * health_interval)
     health = HealthChecker(
-        node, membership, client, clock, interval=health_interval, seeds=seeds, metrics=metrics
+        node,
+        membership,
+        client,
+        clock,
+        interval=health_interval,
+        seeds=seeds,
+        metrics=metrics,
+        admission=admission,
     )
     replicator = Replicator(
         node,
@@ -112,7 +127,17 @@ def make_node(
         admission=health.admission,
     )
     metrics.watch(node, membership, health, discovery)
-    api = CounterAPI(node, membership, health, replicator, discovery, metrics=metrics)
+    api = CounterAPI(
+        node,
+        membership,
+        health,
+        replicator,
+        discovery,
+        metrics=metrics,
+        guard=guard,
+        admin_token=admin_token,
+        client_token=client_token,
+    )
     return TestNode(clock, store, node, membership, client, health, replicator, api, api.resource())
 
 

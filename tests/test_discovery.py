@@ -16,8 +16,9 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from dcounter import wire
+from dcounter import keyring, wire
 from dcounter.discovery import LOOPBACK_BROADCAST, Discovery, DNSJoin, default_broadcasts
+from dcounter.keyring import Guard, Keyring
 from dcounter.membership import Membership
 
 CLUSTER = "dcounter"
@@ -444,3 +445,58 @@ def test_dns_survives_a_resolver_error() -> None:
     clock.advance(2.0)
     assert considered == ["10.0.0.2:8088"]
     join.stopService()
+
+
+# With a cluster key.
+
+KEY = "cluster-key-0123456789"
+
+
+def keyed_harness(keys: tuple[str, ...] = (KEY,)) -> Harness:
+    harness = Harness(guard=Guard(Keyring(list(keys)), ME))
+    harness.attach_fakes()
+    return harness
+
+
+def signed(data: bytes, key: str = KEY, sender: str = OTHER, now: float = 0.0) -> bytes:
+    guard = Guard(Keyring([key]), sender)
+    return wire.encode_signed_datagram(guard.seal(keyring.datagram_context(), data, now), data)
+
+
+def test_keyed_announcements_are_signed() -> None:
+    h = keyed_harness()
+    h.discovery.announce()
+    (data, _), *_ = h.sent
+    auth, payload = wire.decode_signed_datagram(data)
+    assert auth is not None and auth.sender == ME
+    assert wire.decode_announcement(payload).node_id == ME
+
+
+def test_keyed_discovery_takes_a_signed_announcement_once() -> None:
+    h = keyed_harness()
+    data = signed(announcement())
+    h.discovery.received(data, SOURCE)
+    assert h.considered == [OTHER]
+    replies = [wire.decode_signed_datagram(d)[0] for d, _ in h.sent]
+    assert replies and all(r is not None for r in replies)  # the reply is signed too
+    h.discovery.received(data, SOURCE)  # replayed
+    assert h.considered == [OTHER]
+    assert h.discovery.guard.dropped["udp"] == {"replayed": 1}
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (announcement(), "unsigned"),
+        (signed(announcement(), key="another-key-0123456789"), "unknown_key"),
+        (signed(announcement(), now=100.0), "stale"),
+        (signed(announcement()).replace(b'"inc2"', b'"inc3"'), "bad_mac"),
+        (signed(announcement(), sender="10.0.0.3:8088"), "malformed"),  # signed by one, in another's name
+        (wire.SIGNED_DATAGRAM + b"junk", "malformed"),
+    ],
+)
+def test_keyed_discovery_drops_by_reason(data: bytes, reason: str) -> None:
+    h = keyed_harness()
+    h.discovery.received(data, SOURCE)
+    assert h.considered == [] and h.sent == []
+    assert h.discovery.guard.dropped["udp"] == {reason: 1}

@@ -674,3 +674,71 @@ def test_duplicate_keys_are_refused(body):
     """A key given twice, at any depth, is a MalformedMessage naming it."""
     with pytest.raises(MalformedMessage, match="more than once"):
         wire.json_object(body)
+
+
+# Signatures.
+
+auths = st.builds(
+    wire.Auth,
+    key_id=st.from_regex(r"[0-9a-f]{8}", fullmatch=True),
+    sender=addresses,
+    timestamp=st.integers(0, 10**19),
+    seq=st.integers(0, 10**19),
+    mac=st.from_regex(r"[0-9a-f]{64}", fullmatch=True),
+)
+
+
+@given(auths)
+def test_auth_round_trip(auth):
+    assert wire.decode_auth(wire.encode_auth(auth)) == auth
+    assert wire.decode_auth(wire.encode_auth(auth).encode()) == auth
+
+
+@given(auths, st.binary(max_size=200))
+def test_signed_datagram_round_trip(auth, payload):
+    data = wire.encode_signed_datagram(auth, payload)
+    assert wire.decode_signed_datagram(data) == (auth, payload)
+
+
+def test_unsigned_datagram_has_no_auth():
+    assert wire.decode_signed_datagram(b'{"dcounter":1}') == (None, b'{"dcounter":1}')
+
+
+GOOD_AUTH = "kid=0123abcd,from=10.0.0.1:80,ts=1,seq=2,mac=" + "a" * 64
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        GOOD_AUTH + ",kid=0123abcd",
+        GOOD_AUTH.replace("kid=0123abcd", "kid=0123ABCD"),
+        GOOD_AUTH.replace("ts=1", "ts=-1"),
+        GOOD_AUTH.replace("seq=2", "seq=" + "9" * 21),
+        GOOD_AUTH.replace("mac=", "mac=a"),
+        GOOD_AUTH.replace("from=10.0.0.1:80", "from=[::1]:80"),
+        GOOD_AUTH.replace(",seq=2", ""),
+        GOOD_AUTH + ",extra=1",
+        GOOD_AUTH + "x" * 600,
+        b"\xff" + GOOD_AUTH.encode(),
+    ],
+)
+def test_bad_auth(value):
+    with pytest.raises(MalformedMessage):
+        wire.decode_auth(value)
+
+
+@given(st.text(max_size=300) | st.binary(max_size=300))
+def test_decode_auth_only_raises_malformed(value):
+    try:
+        wire.decode_auth(value)
+    except MalformedMessage:
+        pass
+
+
+@given(st.binary(max_size=1100).map(lambda b: wire.SIGNED_DATAGRAM + b))
+def test_decode_signed_datagram_only_raises_malformed(data):
+    try:
+        wire.decode_signed_datagram(data)
+    except MalformedMessage:
+        pass
