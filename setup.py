@@ -24,6 +24,7 @@ setup(
             "ruff>=0.6",
             "mypy>=1.10",
             "mypy-zope>=1.0",
+            "schemathesis>=4",
         ],
     },
 )

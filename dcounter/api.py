@@ -24,7 +24,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from dcounter import __version__, keyring, status, wire
+from dcounter import __version__, keyring, openapi, status, wire
 from dcounter.admission import AdmissionError
 from dcounter.counter import DEFAULT_COUNTER, CounterOverflow, TooManyCounters
 from dcounter.health import HealthChecker
@@ -311,6 +311,10 @@ class CounterAPI:
         return _json(request, info)
 
     # Beyond the original.
+
+    @app.route("/openapi.json", methods=["GET"])
+    def openapi(self, request: IRequest) -> bytes:
+        return _json(request, openapi.document())
 
     @app.route("/members", methods=["GET"])
     def members(self, request: IRequest) -> bytes:
