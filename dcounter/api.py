@@ -130,7 +130,11 @@ class CounterAPI:
     OPERATOR = frozenset({"/register", "/remove-peer"})
 
     def admin_token(self) -> str | None:
-        return self._admin_token or self.guard.keyring.admin_token()
+        """
+        The operator's token: --admin-token, else derived from the signing
+        key, else (a client token alone) the client token.
+        """
+        return self._admin_token or self.guard.keyring.admin_token() or self.client_token
 
     @property
     def auth_mode(self) -> str:

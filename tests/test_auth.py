@@ -139,3 +139,11 @@ def test_a_signed_sync_in_another_nodes_name_is_refused() -> None:
     reply = net.call("POST", a.id, "/sync", data=data, headers={wire.AUTH_HEADER: [wire.encode_auth(auth)]})
     assert reply.code == 401
     assert a.count() == 3
+
+
+def test_with_a_client_token_alone_operator_endpoints_take_it() -> None:
+    net = Network()
+    a = net.add(9001, client_token="client-token-0123")
+    assert net.call("POST", a.id, "/sync", json={"count": 3}).code == 401
+    assert net.call("POST", a.id, "/sync", json={"count": 3}, headers=bearer("client-token-0123")).code == 200
+    assert a.count() == 3
