@@ -251,9 +251,13 @@ class CounterAPI:
         operator's token.  Without: as the original, open.
         """
         body = _body(request, wire.MAX_SYNC_BODY)
-        auth = self._signature(request) if self.guard.enabled else None
-        if auth is not None:
-            self._verify(request, auth, self.node.node_id, body)
+        auth = None
+        if self.guard.enabled:
+            auth = self._signature(request)
+            if auth is None:  # the legacy sync, or a forgery: the token first, before parsing
+                self._bearer(request, self.admin_token())
+            else:
+                self._verify(request, auth, self.node.node_id, body)
         message = wire.decode_sync(body)
         if isinstance(message, wire.LegacySync):
             if auth is not None:
