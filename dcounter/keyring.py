@@ -8,28 +8,33 @@ every key verifies.  Install the new key everywhere (second), move it first
 everywhere, then remove the old one.
 
 Every signed message carries an L{wire.Auth}: the signing key's id, the
-sender's node id, a timestamp (ms), a sequence number, and an HMAC-SHA256
-over all of these, the message's context (channel, method, path, recipient,
-or the request a response answers) and its whole body.  A receiver accepts a
+sender's node id, its boot (a random id drawn at each start), a timestamp
+(ms), a sequence number, and an HMAC-SHA256 over all of these, the message's
+context (channel, method, path, recipient, or the request a response
+answers) and its whole body.  A receiver accepts a
 message only if:
 
   - its key id is one of ours (C{unknown_key});
   - its timestamp is within C{skew} seconds of our clock (C{stale});
   - its MAC verifies (C{bad_mac});
   - its sequence number passes the sender's replay window (C{replayed}):
-    RFC 4303's sliding window (section 3.4.3), one per sender and channel.
+    RFC 4303's sliding window (section 3.4.3), one per sender, boot and
+    channel.
 
-A sender's sequence numbers start at its start time in microseconds and grow
-by one per message, so they keep growing across restarts.  The window only
-remembers senders since this node started: within C{skew} seconds after a
+A sender's sequence numbers count from 1 in each boot, so a restarted node
+(whatever its clock did) starts a window of its own, while its old boot's
+window still refuses replays of what it sent before.  The windows only
+remember senders since this node started: within C{skew} seconds after a
 restart, a message captured just before it could be accepted once more.
 That replays state a CRDT merge already holds, or an announcement.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
+import os
 import sys
 from collections.abc import Iterable, Sequence
 
@@ -169,14 +174,21 @@ class Guard:
         skew: float = 30.0,
         window: int = 4096,
         max_senders: int = 4096,
+        boot: str | None = None,
     ) -> None:
+        """
+        @param boot: this sender's boot id (16 hex digits); random if None.
+        @param max_senders: the most windows kept; the least recently used
+            is forgotten first.
+        """
         self.keyring = keyring
+        self.boot = boot or os.urandom(8).hex()
         self.self_id = self_id
         self.skew = skew
         self.window = window
         self.max_senders = max_senders
-        self._seq = -1
-        self._windows: dict[tuple[str, str], ReplayWindow] = {}
+        self._seq = 0
+        self._windows: dict[tuple[str, str, str], ReplayWindow] = {}
         self.accepted: dict[str, int] = {"udp": 0, "http": 0}
         self.dropped: dict[str, dict[str, int]] = {"udp": {}, "http": {}}
 
@@ -184,11 +196,9 @@ class Guard:
     def enabled(self) -> bool:
         return self.keyring.enabled
 
-    def _next_seq(self, now: float) -> int:
-        # Dense, so that the window's width is a count of messages; started
-        # at the time in microseconds, so that a restarted sender's numbers
-        # are still higher than before (unless it sent a million a second).
-        self._seq = self._seq + 1 if self._seq >= 0 else int(now * 1_000_000)
+    def _next_seq(self) -> int:
+        # Dense, so that the window's width is a count of messages.
+        self._seq += 1
         return self._seq
 
     def _parts(self, context: Sequence[bytes], auth: wire.Auth, payload: bytes) -> list[bytes]:
@@ -197,6 +207,7 @@ class Guard:
             *context,
             auth.key_id.encode(),
             auth.sender.encode(),
+            auth.boot.encode(),
             str(auth.timestamp).encode(),
             str(auth.seq).encode(),
             payload,
@@ -209,10 +220,10 @@ class Guard:
         kid = self.keyring.signing_id
         if kid is None:
             raise KeyringError("no key to sign with")
-        auth = wire.Auth(kid, self.self_id, int(now * 1000), self._next_seq(now), "")
+        auth = wire.Auth(kid, self.self_id, self.boot, int(now * 1000), self._next_seq(), "")
         mac = self.keyring.mac(kid, self._parts(context, auth, payload))
         assert mac is not None
-        return wire.Auth(auth.key_id, auth.sender, auth.timestamp, auth.seq, mac)
+        return dataclasses.replace(auth, mac=mac)
 
     def check(
         self,
@@ -264,12 +275,13 @@ class Guard:
         if not hmac.compare_digest(expected, auth.mac):
             raise Refused("bad_mac")
         if replay:
-            key = (channel, auth.sender)
-            window = self._windows.get(key)
+            key = (channel, auth.sender, auth.boot)
+            window = self._windows.pop(key, None)  # re-inserted last: least recently used first out
             if window is None:
-                if len(self._windows) >= self.max_senders:
+                window = ReplayWindow(self.window)
+                while len(self._windows) >= self.max_senders:
                     self._windows.pop(next(iter(self._windows)))
-                window = self._windows[key] = ReplayWindow(self.window)
+            self._windows[key] = window
             if not window.accepts(auth.seq):
                 raise Refused("replayed")
             window.record(auth.seq)
@@ -304,7 +316,13 @@ def response_context(status: int, request: wire.Auth) -> list[bytes]:
     An HTTP response: bound to the request it answers, so that it cannot
     be replayed as the answer to another.
     """
-    return [b"response", str(status).encode(), request.sender.encode(), str(request.seq).encode()]
+    return [
+        b"response",
+        str(status).encode(),
+        request.sender.encode(),
+        request.boot.encode(),
+        str(request.seq).encode(),
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -354,6 +354,7 @@ AUTH_HEADER = "X-Dcounter-Auth"
 #: A signed datagram: this prefix, the Auth, a newline, the announcement.
 SIGNED_DATAGRAM = b"dcounter-signed "
 _HEX8 = re.compile(r"[0-9a-f]{8}\Z")
+_HEX16 = re.compile(r"[0-9a-f]{16}\Z")
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 _DECIMAL = re.compile(r"[0-9]{1,20}\Z")
 
@@ -361,19 +362,28 @@ _DECIMAL = re.compile(r"[0-9]{1,20}\Z")
 @dataclass(frozen=True)
 class Auth:
     """
-    The signature of a message: key id, sender's node id, timestamp (ms),
-    sequence number and MAC (hex).
+    The signature of a message: key id, sender's node id, the sender's boot
+    (random, new at each start), timestamp (ms), sequence number (from 1 in
+    each boot) and MAC (hex).
     """
 
     key_id: str
     sender: str
+    boot: str
     timestamp: int
     seq: int
     mac: str
 
 
+_AUTH_FIELDS = {"kid", "from", "boot", "ts", "seq", "mac"}
+_AUTH_FORMAT = "a signature is kid=,from=,boot=,ts=,seq=,mac=, each once"
+
+
 def encode_auth(auth: Auth) -> str:
-    return f"kid={auth.key_id},from={auth.sender},ts={auth.timestamp},seq={auth.seq},mac={auth.mac}"
+    return (
+        f"kid={auth.key_id},from={auth.sender},boot={auth.boot},"
+        f"ts={auth.timestamp},seq={auth.seq},mac={auth.mac}"
+    )
 
 
 def decode_auth(value: str | bytes) -> Auth:
@@ -388,17 +398,18 @@ def decode_auth(value: str | bytes) -> Auth:
     for item in value.split(","):
         key, sep, val = item.partition("=")
         if not sep or key in fields:
-            raise MalformedMessage("a signature is kid=,from=,ts=,seq=,mac=, each once")
+            raise MalformedMessage(_AUTH_FORMAT)
         fields[key] = val
-    if set(fields) != {"kid", "from", "ts", "seq", "mac"}:
-        raise MalformedMessage("a signature is kid=,from=,ts=,seq=,mac=, each once")
-    if not _HEX8.match(fields["kid"]) or not _HEX64.match(fields["mac"]):
-        raise MalformedMessage("a signature's kid is 8 and its mac 64 lower-case hex digits")
+    if set(fields) != _AUTH_FIELDS:
+        raise MalformedMessage(_AUTH_FORMAT)
+    if not _HEX8.match(fields["kid"]) or not _HEX16.match(fields["boot"]) or not _HEX64.match(fields["mac"]):
+        raise MalformedMessage("a signature's kid, boot and mac are 8, 16 and 64 lower-case hex digits")
     if not _DECIMAL.match(fields["ts"]) or not _DECIMAL.match(fields["seq"]):
         raise MalformedMessage("a signature's ts and seq are decimal integers")
     return Auth(
         key_id=fields["kid"],
         sender=address(fields["from"], "a signature's 'from'"),
+        boot=fields["boot"],
         timestamp=int(fields["ts"]),
         seq=int(fields["seq"]),
         mac=fields["mac"],

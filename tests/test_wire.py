@@ -682,6 +682,7 @@ auths = st.builds(
     wire.Auth,
     key_id=st.from_regex(r"[0-9a-f]{8}", fullmatch=True),
     sender=addresses,
+    boot=st.from_regex(r"[0-9a-f]{16}", fullmatch=True),
     timestamp=st.integers(0, 10**19),
     seq=st.integers(0, 10**19),
     mac=st.from_regex(r"[0-9a-f]{64}", fullmatch=True),
@@ -704,7 +705,13 @@ def test_unsigned_datagram_has_no_auth():
     assert wire.decode_signed_datagram(b'{"dcounter":1}') == (None, b'{"dcounter":1}')
 
 
-GOOD_AUTH = "kid=0123abcd,from=10.0.0.1:80,ts=1,seq=2,mac=" + "a" * 64
+GOOD_AUTH = "kid=0123abcd,from=10.0.0.1:80,boot=0123456789abcdef,ts=1,seq=2,mac=" + "a" * 64
+
+
+def test_good_auth():
+    assert wire.decode_auth(GOOD_AUTH) == wire.Auth(
+        "0123abcd", "10.0.0.1:80", "0123456789abcdef", 1, 2, "a" * 64
+    )
 
 
 @pytest.mark.parametrize(
@@ -716,6 +723,8 @@ GOOD_AUTH = "kid=0123abcd,from=10.0.0.1:80,ts=1,seq=2,mac=" + "a" * 64
         GOOD_AUTH.replace("ts=1", "ts=-1"),
         GOOD_AUTH.replace("seq=2", "seq=" + "9" * 21),
         GOOD_AUTH.replace("mac=", "mac=a"),
+        GOOD_AUTH.replace("boot=0123456789abcdef", "boot=0123"),
+        GOOD_AUTH.replace(",boot=0123456789abcdef", ""),
         GOOD_AUTH.replace("from=10.0.0.1:80", "from=[::1]:80"),
         GOOD_AUTH.replace(",seq=2", ""),
         GOOD_AUTH + ",extra=1",
