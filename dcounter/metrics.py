@@ -122,11 +122,13 @@ class Metrics:
         self.commit_seconds.observe(seconds)
         self.commit_batch.observe(slots)
 
-    def watch(self, node: Any, membership: Any, health: Any, discovery: Any = None) -> None:
+    def watch(
+        self, node: Any, membership: Any, health: Any, discovery: Any = None, guard: Any = None
+    ) -> None:
         """
         Expose the state these parts keep, read at each scrape.
         """
-        self.registry.register(StateCollector(node, membership, health, discovery))
+        self.registry.register(StateCollector(node, membership, health, discovery, guard))
 
     def exposition(self) -> bytes:
         """
@@ -140,11 +142,14 @@ class StateCollector(Collector):
     Metrics read from the parts' own state at scrape time.
     """
 
-    def __init__(self, node: Any, membership: Any, health: Any, discovery: Any = None) -> None:
+    def __init__(
+        self, node: Any, membership: Any, health: Any, discovery: Any = None, guard: Any = None
+    ) -> None:
         self.node = node
         self.membership = membership
         self.health = health
         self.discovery = discovery
+        self.guard = guard
 
     def describe(self) -> list[Metric]:
         return []  # dynamic labels: describe nothing, so registering does not collect
@@ -187,7 +192,7 @@ class StateCollector(Collector):
             p = sum(slot[0] for slot in slots.values())
             n = sum(slot[1] for slot in slots.values())
             own = slots.get(replica, (0, 0))
-            value.add_metric([name], p - n)
+            value.add_metric([name], self.node.value(name))  # as served: within int64
             incs.add_metric([name], p)
             decs.add_metric([name], n)
             local_incs.add_metric([name], own[0])
@@ -226,3 +231,20 @@ class StateCollector(Collector):
             dropped.add_metric(["malformed"], stats["malformed"])
             dropped.add_metric(["other_cluster"], stats["other_cluster"])
             yield dropped
+
+        if self.guard is not None:
+            accepted = CounterMetricFamily(
+                "dcounter_auth_accepted",
+                "Signed node-to-node messages accepted, by channel (udp, http).",
+                labels=["channel"],
+            )
+            refused = CounterMetricFamily(
+                "dcounter_auth_dropped",
+                "Node-to-node messages dropped by the keyring, by channel and reason.",
+                labels=["channel", "reason"],
+            )
+            for channel, count in sorted(self.guard.accepted.items()):
+                accepted.add_metric([channel], count)
+                for reason, n in sorted(self.guard.dropped[channel].items()):
+                    refused.add_metric([channel, reason], n)
+            yield from (accepted, refused)

@@ -409,7 +409,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             interval=options["announce-interval"],
             guard=guard,
         )
-    metrics.watch(node, membership, health, discovery)
+    metrics.watch(node, membership, health, discovery, guard)
     api = CounterAPI(
         node,
         membership,

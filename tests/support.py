@@ -126,7 +126,7 @@ def make_node(
         interval=anti_entropy_interval,
         admission=health.admission,
     )
-    metrics.watch(node, membership, health, discovery)
+    metrics.watch(node, membership, health, discovery, guard)
     api = CounterAPI(
         node,
         membership,

@@ -147,3 +147,12 @@ def test_with_a_client_token_alone_operator_endpoints_take_it() -> None:
     assert net.call("POST", a.id, "/sync", json={"count": 3}).code == 401
     assert net.call("POST", a.id, "/sync", json={"count": 3}, headers=bearer("client-token-0123")).code == 200
     assert a.count() == 3
+
+
+def test_auth_drops_are_metrics() -> None:
+    net = Network()
+    a = keyed(net, 9001)
+    assert net.call("POST", a.id, "/sync", data=b"{}", headers={wire.AUTH_HEADER: ["garbage"]}).code == 401
+    exposition = a.api.metrics.exposition().decode()
+    assert 'dcounter_auth_dropped_total{channel="http",reason="malformed"} 1.0' in exposition
+    assert 'dcounter_auth_accepted_total{channel="udp"} 0.0' in exposition
