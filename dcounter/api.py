@@ -284,8 +284,10 @@ class CounterAPI:
     @app.route("/register", methods=["POST"])
     async def register(self, request: IRequest) -> bytes:
         peer = wire.id_body(_body(request))
-        if peer == self.node.node_id:  # the one refusal that no answer could change
-            raise wire.MalformedMessage(f"{peer} is this node")
+        # Refused before any probe (a 400): what no answer could change.
+        why = self.health_checker.admission.refusal(peer, self.node.clock.seconds(), force=True)
+        if why is not None:
+            raise wire.MalformedMessage(why)
         try:
             node_id = await self.health_checker.admit(peer, expected_id=peer, force=True)
         except AdmissionError as e:  # the client gets the text, the log the detail too
