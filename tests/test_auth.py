@@ -156,3 +156,15 @@ def test_auth_drops_are_metrics() -> None:
     exposition = a.api.metrics.exposition().decode()
     assert 'dcounter_auth_dropped_total{channel="http",reason="malformed"} 1.0' in exposition
     assert 'dcounter_auth_accepted_total{channel="udp"} 0.0' in exposition
+
+
+def test_a_keyed_seed_by_another_name_is_admitted() -> None:
+    """A probe is not bound to a recipient: a seed named otherwise than its id still answers signed."""
+    net = Network()
+    b = keyed(net, 9002)
+    net.alias("localhost:9002", b)
+    a = keyed(net, 9001, seeds=["localhost:9002"])
+    a.health.check_once()
+    net.settle()
+    assert a.membership.live() == [b.id]
+    assert a.health.admission.counts["admitted"] == 1
