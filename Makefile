@@ -140,7 +140,7 @@ base-image:
 	@command -v debootstrap >/dev/null || { echo "make base-image: needs debootstrap (apt-get install debootstrap), as root" >&2; exit 1; }
 	rm -rf $(RUN)/base && mkdir -p $(RUN)
 	debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm $(RUN)/base $(MIRROR) >$(RUN)/base.log
-	tar -C $(RUN)/base -c . | docker import -q - dcounter-base:bookworm
+	tar -C $(RUN)/base -c . | docker import - dcounter-base:bookworm
 	rm -rf $(RUN)/base
 
 compose-up: image
