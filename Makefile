@@ -34,6 +34,7 @@ BASE    ?= $(shell docker image inspect dcounter-base:bookworm >/dev/null 2>&1 &
 MIRROR  ?= http://deb.debian.org/debian
 COMPOSE_EXTRA = $(COMPOSE) --profile extra
 export DCOUNTER_IMAGE = $(IMAGE)
+why_docker = $(if $(filter yes,$(DOCKER)),DOCKER=yes,a Docker engine answers)
 docker_answers = { [ "$(DOCKER)" = yes ] || { [ "$(DOCKER)" = auto ] && docker info >/dev/null 2>&1; }; }
 # Set while the compose cluster is the one `make` started: stop, logs and test-discovery follow it.
 COMPOSE_MARK := $(RUN)/compose-up
@@ -47,7 +48,9 @@ TESTS := test-health test-all-peers test-count test-increment test-sync test-pee
 
 up:
 	@if $(docker_answers); then \
-	  echo "make: a Docker engine answers: starting the compose cluster ($(COMPOSE), image $(IMAGE))"; \
+	  command -v $(firstword $(COMPOSE)) >/dev/null || { \
+	    echo "make: $(why_docker), but there is no $(firstword $(COMPOSE)): install it, or make DOCKER=no" >&2; exit 1; }; \
+	  echo "make: $(why_docker): starting the compose cluster ($(COMPOSE), image $(IMAGE))"; \
 	  $(MAKE) --no-print-directory compose-up; \
 	else \
 	  echo "make: no Docker engine answers (docker info): starting local twistd processes (make cluster)"; \
