@@ -39,14 +39,15 @@ class LocalCluster:
             f"EXTRA_PORT={self.extra_port}",
             f"NODE_OPTIONS={options}",
             "DOCKER=no",
-            "CHECK_TIMEOUT=4",
         ]
 
-    def make(self, *targets: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def make(self, *targets: str, wait: float = 20) -> subprocess.CompletedProcess[str]:
+        """Run make; C{wait}: seconds a check waits for a condition before failing."""
         # -o: never reinstall the venv the tests run from.
         command = ["make", "--no-print-directory", "-o", f"{VENV}/.installed", *targets, *self.variables]
+        command.append(f"CHECK_TIMEOUT={wait:g}")
         env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE")}
-        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180, env=env)
 
     def pids(self) -> list[int]:
         return [int(p.read_text()) for p in self.run.glob("*.pid")]
@@ -110,12 +111,12 @@ def test_make_then_test_full_passes_and_fails_once_a_node_is_wrong(local: LocalC
     # A node that drops a peer: the peer check fails, naming both.
     first, second = (f"127.0.0.1:{p}" for p in local.ports[:2])
     assert http("POST", local.urls[0] + "/remove-peer", {"id": second})[0] == 200
-    peers = local.make("test-all-peers")
+    peers = local.make("test-all-peers", wait=4)
     assert peers.returncode != 0
-    assert failures(peers) == [
+    (line,) = failures(peers)
+    assert line.startswith(
         f"FAIL test-all-peers: not every node lists every other after 4s: {first} does not list {second} "
-        f"(its peers: ['127.0.0.1:{local.ports[2]}'])"
-    ]
+    )
 
     # A stopped node: test-full stops at the first check, saying which node.
     os.kill(int((local.run / f"{local.ports[2]}.pid").read_text()), signal.SIGTERM)
