@@ -99,7 +99,8 @@ stop:
 
 # Stop, then delete the nodes' data: counters start again from 0.
 reset:
-	@if [ -f $(COMPOSE_MARK) ]; then $(COMPOSE_EXTRA) down -v && rm -f $(COMPOSE_MARK); fi
+	@if [ -f $(COMPOSE_MARK) ] || { $(docker_answers) && command -v $(firstword $(COMPOSE)) >/dev/null; }; then \
+	  $(COMPOSE_EXTRA) down -v && rm -f $(COMPOSE_MARK); fi
 	@if [ -d $(RUN) ] && [ -x $(BIN)/python ]; then $(LOCAL) stop; fi
 	rm -rf $(RUN)/data-*
 
