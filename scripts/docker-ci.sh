@@ -53,16 +53,27 @@ setup() {
   fi
   say "engine: $(docker version --format '{{.Server.Version}}'), compose: $(docker-compose version --short)"
 
+  # The base (debootstrap: mostly downloads) is made while the wheelhouse is built.
+  local t0=$SECONDS
   if ! docker image inspect "$BASE" >/dev/null 2>&1; then
     if [ "$BASE" = dcounter-base:bookworm ]; then
-      say "making $BASE from Debian packages ($(apt_mirror))"
-      make --no-print-directory base-image MIRROR="$(apt_mirror)"
+      say "making $BASE from Debian packages ($(apt_mirror)), beside the wheelhouse"
+      make --no-print-directory base-image MIRROR="$(apt_mirror)" >"$STATE/base-image.log" 2>&1 &
+      base_pid=$!
     else
       docker pull -q "$BASE"
     fi
   fi
-  say "building dcounter:latest on $BASE"
-  make --no-print-directory image BASE="$BASE"
+  make --no-print-directory wheelhouse
+  say "venv and wheelhouse ready after $((SECONDS - t0))s"
+  if [ -n "$base_pid" ]; then
+    wait "$base_pid" || { base_pid=; say "making $BASE failed: $(tail -3 "$STATE/base-image.log")" >&2; exit 1; }
+    base_pid=
+    say "$BASE ready after $((SECONDS - t0))s"
+  fi
+  local t1=$SECONDS
+  make --no-print-directory -o wheelhouse image BASE="$BASE"
+  say "image built in $((SECONDS - t1))s"
   say "setup took $((SECONDS - started))s"
 }
 
@@ -80,6 +91,8 @@ check() {
 # dockerd this script started, unless setup alone succeeded (check needs it).
 cleanup() {
   local status=$?
+  # A base image still being made finishes (debootstrap is not cut off mid-way).
+  if [ -n "$base_pid" ]; then wait "$base_pid" 2>/dev/null || true; fi
   if [ -n "$checking" ]; then
     if [ "$status" -ne 0 ]; then
       say "failed; the nodes' last log lines:" >&2
@@ -105,6 +118,7 @@ stop_engine() {
 }
 
 checking=
+base_pid=
 trap cleanup EXIT
 trap 'exit 143' TERM INT  # so that cleanup runs when stopped too
 case "${1:-all}" in
