@@ -341,6 +341,12 @@ class CounterAPI:
     def counters(self, request: IRequest) -> bytes:
         return _json(request, {"counters": self.node.counters.values(), "node_id": self.node.node_id})
 
+    @app.route("/counters", methods=["POST"])
+    async def counters_batch(self, request: IRequest) -> bytes:
+        amounts = wire.batch_body(_body(request))
+        values = await self.node.add_many(amounts)
+        return _json(request, {"counters": values, "node_id": self.node.node_id})
+
     @app.route("/counters/<name>", methods=["GET"])
     def counter(self, request: IRequest, name: str) -> bytes:
         wire.counter_name(name)

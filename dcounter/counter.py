@@ -130,6 +130,42 @@ class Counters:
         self._values[name] = self._values.get(name, 0) + amount
         return (p, n)
 
+    def add_many(self, replica: str, amounts: Mapping[str, int]) -> dict[str, Slot]:
+        """
+        Count several amounts at once, in C{replica}'s own slots: all of them,
+        or (on an error) none.
+
+        @return: the new slot of each counter named.
+        @raise CounterOverflow: as L{add}, for any of them.
+        @raise TooManyCounters: if the new counters named do not all fit.
+        @raise ValueError: for an amount of 0.
+        """
+        slots: dict[str, Slot] = {}
+        new = [name for name in amounts if name not in self._slots and name != DEFAULT_COUNTER]
+        if new and self.max_counters is not None:
+            named = len(self._slots) - (DEFAULT_COUNTER in self._slots)
+            if named + len(new) > self.max_counters:
+                raise TooManyCounters(
+                    f"this node keeps at most {self.max_counters} counters besides {DEFAULT_COUNTER!r}"
+                )
+        for name, amount in amounts.items():
+            if amount == 0:
+                raise ValueError("amount must not be 0")
+            if not MIN_VALUE <= self._values.get(name, 0) + amount <= MAX_VALUE:
+                raise CounterOverflow(f"counter {name!r} would pass {MAX_VALUE if amount > 0 else MIN_VALUE}")
+            p, n = self.slot(name, replica)
+            if amount > 0:
+                p += amount
+            else:
+                n -= amount
+            if p > MAX_SLOT or n > MAX_SLOT:
+                raise CounterOverflow(f"counter {name!r} would overflow")
+            slots[name] = (p, n)
+        for name, slot in slots.items():
+            self._slots.setdefault(name, {})[replica] = slot
+            self._values[name] = self._values.get(name, 0) + amounts[name]
+        return slots
+
     def merge(self, state: State) -> list[SlotKey]:
         """
         Merge another replica's state (whole or partial) into this one.

@@ -11,8 +11,8 @@ more of its own slot than it does, and cannot count the same number twice.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
@@ -20,6 +20,8 @@ from twisted.python.failure import Failure
 
 from dcounter.counter import Counters, Slot, SlotKey, State
 from dcounter.store import Store
+
+T = TypeVar("T")
 
 #: Told of local writes once they are durable, with the slots they changed.
 WriteListener = Callable[[list[SlotKey]], None]
@@ -80,9 +82,16 @@ class Node:
             return value
 
         saved = self.store.save({name: {self.replica: slot}}).addCallback(durable)
-        answer: Deferred[int] = Deferred()
+        return self._answer(saved, name)
 
-        def deliver(result: int | Failure) -> None:
+    def _answer(self, saved: Deferred[T], name: str) -> Deferred[T]:
+        """
+        A Deferred for the caller of a write, apart from the write itself:
+        cancelling it (a client that went away) leaves the write going.
+        """
+        answer: Deferred[T] = Deferred()
+
+        def deliver(result: T | Failure) -> None:
             if not answer.called:
                 answer.callback(result) if not isinstance(result, Failure) else answer.errback(result)
             elif isinstance(result, Failure):  # the caller left: nobody else will say it
@@ -90,6 +99,29 @@ class Node:
 
         saved.addBoth(deliver)
         return answer
+
+    def add_many(self, amounts: Mapping[str, int]) -> Deferred[dict[str, int]]:
+        """
+        Count several amounts at once (a batch), all or nothing, made durable
+        by one commit.
+
+        @return: a Deferred that fires with each named counter's value just
+            after this write, once it is durable; as L{add} otherwise.
+        @raise dcounter.counter.CounterOverflow: at once, changing nothing.
+        """
+        slots = self.counters.add_many(self.replica, amounts)
+        values = {name: self.counters.value(name) for name in slots}
+
+        def durable(_: None) -> dict[str, int]:
+            for name, slot in slots.items():
+                self._mark_durable(name, slot)
+            keys = [(name, self.replica) for name in slots]
+            for listener in self._listeners:
+                listener(keys)
+            return values
+
+        saved = self.store.save({name: {self.replica: slot} for name, slot in slots.items()})
+        return self._answer(saved.addCallback(durable), ", ".join(sorted(slots)))
 
     def raise_to(self, name: str, target: int) -> Deferred[int]:
         """

@@ -147,6 +147,24 @@ def amount_body(body: bytes) -> int:
     return amount(obj.get("by", 1))
 
 
+def batch_body(body: bytes) -> dict[str, int]:
+    """
+    The body of a batched write (POST /counters): C{{"name": n, ...}}, each
+    n a non-zero integer (negative: a decrement) of at most L{MAX_AMOUNT} in
+    size, at least one counter.
+    """
+    obj = json_object(body)
+    if not obj:
+        raise MalformedMessage("a batch must name at least one counter")
+    for name, value in obj.items():
+        counter_name(name)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= abs(value) <= MAX_AMOUNT:
+            raise MalformedMessage(
+                f"the amount for {name!r} must be a non-zero integer from -{MAX_AMOUNT} to {MAX_AMOUNT}"
+            )
+    return obj
+
+
 def id_body(body: bytes) -> str:
     """
     The body of /register and /remove-peer: C{{"id": "HOST:PORT"}}.

@@ -345,6 +345,88 @@ def test_default_counter_is_the_original_counter(net: Network, a: TestNode) -> N
     assert get(net, "/counters/default").json["count"] == 2
 
 
+# Batched writes.
+
+
+def test_batch_applies_every_amount(net: Network, a: TestNode) -> None:
+    """POST /counters adds and subtracts on many counters, and answers their values."""
+    post(net, "/counters/page.a/increment", {"by": 10})
+    reply = post(net, "/counters", {"page.a": 3, "page.b": -1, "default": 2})
+    assert reply.code == 200
+    assert_json(reply)
+    assert reply.json == {"counters": {"page.a": 13, "page.b": -1, "default": 2}, "node_id": A}
+    assert get(net, "/counters").json["counters"] == {"page.a": 13, "page.b": -1, "default": 2}
+    assert get(net, "/count").json["count"] == 2
+
+
+def test_batch_is_one_durable_commit(net: Network, a: TestNode) -> None:
+    """A batch reaches the store as one save, holding every slot it changed."""
+    saves: list[dict[str, dict[str, tuple[int, int]]]] = []
+    save = a.store.save
+
+    def recording(state: dict[str, dict[str, tuple[int, int]]]) -> object:
+        saves.append(state)
+        return save(state)
+
+    a.store.save = recording  # type: ignore[method-assign,assignment]
+    names = {f"c{i}": i + 1 for i in range(500)}
+    assert post(net, "/counters", names).code == 200
+    assert len(saves) == 1
+    assert saves[0] == {name: {a.node.replica: (n, 0)} for name, n in names.items()}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"{}",
+        b"[]",
+        b"not json",
+        b'{"ok": 1, "_bad": 1}',
+        b'{"ok": 1, "x": 0}',
+        b'{"ok": 1, "x": 1.5}',
+        b'{"ok": 1, "x": true}',
+        b'{"ok": 1, "x": "1"}',
+        b'{"ok": 1, "x": 9007199254740992}',
+        b'{"ok": 1, "x": -9007199254740992}',
+        b'{"ok": 1, "x": null}',
+    ],
+)
+def test_bad_batch_is_400_and_changes_nothing(net: Network, a: TestNode, body: bytes) -> None:
+    """A batch with any bad name or amount is refused whole."""
+    assert_error(post(net, "/counters", data=body), 400)
+    assert get(net, "/counters").json["counters"] == {}
+
+
+def test_batch_overflow_is_409_and_changes_nothing(net: Network, a: TestNode) -> None:
+    """A batch where one counter would pass 2^63-1 applies to none of them."""
+    a.node.merge({"full": {a.node.replica: (MAX_SLOT - 1, 0)}})
+    assert_error(post(net, "/counters", {"ok": 5, "full": 2}), 409)
+    assert get(net, "/counters").json["counters"] == {"full": MAX_SLOT - 1}
+
+
+def test_batch_body_over_the_limit_is_413(net: Network, a: TestNode) -> None:
+    """A batch is bound by the same body limit as single writes."""
+    data = b'{"x": 1}'.ljust(wire.MAX_BODY + 1)
+    assert_error(post(net, "/counters", data=data), 413)
+    assert get(net, "/counters").json["counters"] == {}
+
+
+def test_batch_store_error_is_503(net: Network, a: TestNode) -> None:
+    """A batch the store cannot commit is a 503, like a single write."""
+    a.store.save = lambda state: fail(StoreError("disk on fire"))  # type: ignore[method-assign]
+    assert_error(post(net, "/counters", {"a": 1, "b": 2}), 503)
+
+
+def test_batch_replicates_in_one_push(net: Network, a: TestNode, b: TestNode) -> None:
+    """Every counter of a batch reaches a peer, in one push."""
+    net.mesh()
+    before = len(net.requests("POST", "/sync", to=B))
+    post(net, "/counters", {"x": 2, "y": -3})
+    net.settle()
+    assert len(net.requests("POST", "/sync", to=B)) == before + 1
+    assert b.node.counters.values() == {"x": 2, "y": -3}
+
+
 def test_unknown_counter(net: Network, a: TestNode) -> None:
     """GET /counters/{name} of a counter never written is a 404."""
     assert_error(get(net, "/counters/nope"), 404)

@@ -390,3 +390,30 @@ def test_max_counters_does_not_cut_loaded_state():
     """State a node starts from is kept whole, even past the bound."""
     counters = Counters({f"c{i}": {"r": (1, 0)} for i in range(5)}, max_counters=2)
     assert len(counters) == 5
+
+
+def test_add_many_is_all_or_nothing():
+    """add_many() applies every amount, or none when one would overflow."""
+    counters = Counters()
+    counters.add("full", "r1", MAX_SLOT - 1)
+    assert counters.add_many("r1", {"a": 3, "b": -2}) == {"a": (3, 0), "b": (0, 2)}
+    assert counters.values() == {"full": MAX_SLOT - 1, "a": 3, "b": -2}
+    with pytest.raises(CounterOverflow):
+        counters.add_many("r1", {"a": 1, "full": 2})
+    with pytest.raises(ValueError):
+        counters.add_many("r1", {"a": 1, "b": 0})
+    assert counters.values() == {"full": MAX_SLOT - 1, "a": 3, "b": -2}
+    assert counters.slot("a", "r1") == (3, 0)
+
+
+def test_add_many_respects_max_counters():
+    """A batch whose new counters do not all fit is refused whole."""
+    counters = Counters({"x": {"r": (1, 0)}}, max_counters=2)
+    with pytest.raises(TooManyCounters):
+        counters.add_many("r", {"x": 1, "y": 1, "z": 1})
+    assert counters.values() == {"x": 1}
+    assert counters.add_many("r", {"x": 1, "y": 1, DEFAULT_COUNTER: 1}) == {
+        "x": (2, 0),
+        "y": (1, 0),
+        DEFAULT_COUNTER: (1, 0),
+    }
