@@ -24,7 +24,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from dcounter import __version__, keyring, openapi, status, wire
+from dcounter import __version__, digest, keyring, openapi, status, wire
 from dcounter.admission import AdmissionError
 from dcounter.counter import DEFAULT_COUNTER, CounterOverflow, TooManyCounters
 from dcounter.health import HealthChecker
@@ -51,10 +51,17 @@ class Unauthorized(Exception):
 
 
 def _json(request: IRequest, body: object, code: int = 200) -> bytes:
+    return _encoded(request, json.dumps(body, separators=(",", ":")).encode() + b"\n", code)
+
+
+def _encoded(request: IRequest, data: bytes, code: int = 200) -> bytes:
+    """
+    Answer C{data}, a JSON body encoded already.
+    """
     request.setResponseCode(code)
     request.setHeader(b"Content-Type", b"application/json")
     request.setHeader(b"Cache-Control", b"no-store")
-    return json.dumps(body, separators=(",", ":")).encode() + b"\n"
+    return data
 
 
 def _body(request: IRequest, limit: int = wire.MAX_BODY) -> bytes:
@@ -124,8 +131,8 @@ class CounterAPI:
 
     #: Endpoints anyone may call: probes and monitoring, the API's own
     #: description.  /sync decides for itself (a peer's MAC or an operator's
-    #: token).  Every other endpoint is a client's.
-    OPEN = frozenset({"/health", "/openapi.json", "/sync"})
+    #: token), /digest too (a peer's MAC).  Every other endpoint is a client's.
+    OPEN = frozenset({"/health", "/openapi.json", "/sync", "/digest"})
     #: Endpoints that need the operator's token once a key (or the token) is set.
     OPERATOR = frozenset({"/register", "/remove-peer"})
 
@@ -273,6 +280,29 @@ class CounterAPI:
                 raise Unauthorized("a sync signed by one node in the name of another")
         reply = self.replicator.received(message)
         answer = {"ok": True} if reply is None else wire.encode_sync(reply)
+        if auth is not None:
+            return self._signed(request, answer, auth)
+        return _json(request, answer)
+
+    @app.route("/digest", methods=["POST"])
+    def digest(self, request: IRequest) -> bytes:
+        """
+        A peer's digest, opening an anti-entropy round.  With a key set, it
+        must carry a valid MAC from the node it names as sender, and our
+        answer is signed; without, open, as /sync is.
+        """
+        body = _body(request, wire.MAX_SYNC_BODY)
+        auth = None
+        if self.guard.enabled:
+            auth = self._signature(request)
+            if auth is None:
+                self.guard.refused("http", "unsigned")
+                raise Unauthorized("a peer's digest must be signed with the cluster's key")
+            self._verify(request, auth, self.node.node_id, body)
+        message = wire.decode_digest(body, digest.BUCKETS * digest.WIDTH)
+        if auth is not None and auth.sender != message.sender:
+            raise Unauthorized("a digest signed by one node in the name of another")
+        answer = wire.encode_digest_reply(self.replicator.received_digest(message))
         if auth is not None:
             return self._signed(request, answer, auth)
         return _json(request, answer)

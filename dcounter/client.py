@@ -26,7 +26,13 @@ MAX_RESPONSE = wire.MAX_SYNC_BODY
 class PeerError(Exception):
     """
     A peer answered, but not as a dcounter node should.
+
+    @ivar code: the HTTP status it answered with, if that was the trouble.
     """
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def peer_url(address: str, path: str) -> str:
@@ -97,7 +103,7 @@ class PeerClient:
         await treq.collect(response, collect)
         if response.code != 200:
             # Not the body: an address we were asked to probe may be anything.
-            raise PeerError(f"{address}{path} answered {response.code}")
+            raise PeerError(f"{address}{path} answered {response.code}", response.code)
         answer = b"".join(chunks)
         if guard is None or request_auth is None:
             return answer, None
@@ -180,6 +186,32 @@ class PeerClient:
             return result
 
         return self._deadline(go(), None).addCallbacks(pushed, failed)
+
+    def digest(self, address: str, message: wire.Digest, buckets: int) -> Deferred[wire.DigestReply]:
+        """
+        Open a digest anti-entropy round (POST /digest): send our summary,
+        return the peer's answer.  Counted in the metrics as a push-pull,
+        with the bytes of both bodies.  A peer that does not know the path
+        (an older node) fails with a L{PeerError} of code 404.
+        """
+        data = json.dumps(wire.encode_digest(message), separators=(",", ":")).encode()
+
+        async def go() -> wire.DigestReply:
+            body, auth = await self._call("POST", address, "/digest", data, to=address)
+            try:
+                reply = wire.decode_digest_reply(body, buckets)
+            except wire.MalformedMessage as e:
+                raise PeerError(f"{address} sent a bad digest reply: {e}") from None
+            if auth is not None and auth.sender != reply.sender:
+                raise PeerError(f"{address} signed a digest reply in the name of {reply.sender}")
+            self.metrics.exchange(True, len(data), len(body))
+            return reply
+
+        def failed(reason: Any) -> Any:
+            self.metrics.exchange(False, len(data), 0)
+            return reason
+
+        return self._deadline(go(), None).addErrback(failed)
 
     def counters(self, address: str) -> Deferred[dict[str, int]]:
         """

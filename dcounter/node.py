@@ -43,6 +43,8 @@ class Node:
             if self.replica in slots
         }
         self._listeners: list[WriteListener] = []
+        #: Grows whenever what L{outgoing} returns may have changed.
+        self.version = 0
 
     @property
     def node_id(self) -> str:
@@ -141,6 +143,7 @@ class Node:
         """
         grown = self.counters.merge(state)
         if grown:
+            self.version += 1
             changed = self.counters.state(grown)
             own = {name: slots[self.replica] for name, slots in state.items() if self.replica in slots}
             for name, slot in own.items():
@@ -167,5 +170,6 @@ class Node:
         return {name: slots for name, slots in state.items() if slots}
 
     def _mark_durable(self, name: str, slot: Slot) -> None:
+        self.version += 1
         p, n = self._durable.get(name, (0, 0))
         self._durable[name] = (max(p, slot[0]), max(n, slot[1]))

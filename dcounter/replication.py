@@ -8,10 +8,15 @@ every slot marked for it, in one request.  While a request to a peer is in
 flight, new writes wait in its outbox, so under load each request carries many
 increments and no peer ever has more than one push outstanding.
 
-Anti-entropy: every C{interval} seconds, a push-pull of whole state with one
-live peer chosen at random, and at once with every peer that joins or comes
-back.  It repairs whatever a push missed (a peer down, a partition), since
-merging is idempotent.
+Anti-entropy: every C{interval} seconds, a round with one live peer chosen
+at random, and at once with every peer that joins or comes back.  It repairs
+whatever a push missed (a peer down, a partition), since merging is
+idempotent.  A round ships only what differs: we send a digest of our state
+(POST /digest, see L{dcounter.digest}); the peer answers with the buckets
+whose digests differ and its state in them; we merge that and push back only
+the slots it lacks.  An idle round costs a few kilobytes, whatever the number
+of counters.  A peer too old to know /digest (a 404) gets the push-pull of
+whole state that came before.
 
 Gossip: every sync carries the sender's live peers, and names we do not know
 are handed to admission, so a node that knows one member learns all.
@@ -27,9 +32,9 @@ from twisted.application.internet import TimerService
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from dcounter import wire
+from dcounter import digest, wire
 from dcounter.admission import Admission
-from dcounter.client import PeerClient
+from dcounter.client import PeerClient, PeerError
 from dcounter.counter import SlotKey
 from dcounter.membership import Membership, PeerState
 from dcounter.node import Node
@@ -73,6 +78,8 @@ class Replicator(TimerService):
         self._outbox: dict[str, set[SlotKey]] = {}
         self._in_flight: set[str] = set()
         self._flush_call: Any = None
+        #: The digest of our outgoing state, and the node's version it is of.
+        self._digest: tuple[int, bytes] | None = None
         node.subscribe(self.local_write)
         membership.subscribe(self._peer_changed)
 
@@ -131,7 +138,60 @@ class Replicator(TimerService):
 
     def exchange(self, peer: str) -> Deferred[None]:
         """
-        Push-pull whole state with C{peer}.
+        One anti-entropy round with C{peer}: digests first, then only the
+        buckets that differ.
+        """
+        message = wire.Digest(
+            sender=self.node.node_id,
+            incarnation=self.node.identity.incarnation,
+            cluster=self.node.cluster,
+            digest=self.summary(),
+            members=tuple(self.membership.live()),
+        )
+        d = self.client.digest(peer, message, digest.BUCKETS)
+
+        def answered(reply: wire.DigestReply) -> Deferred[None] | None:
+            self._merge_reply(peer, reply)
+            return None
+
+        def failed(reason: Any) -> Deferred[None] | None:
+            if isinstance(reason.value, PeerError) and reason.value.code == 404:
+                return self.exchange_whole(peer)  # an older node, before /digest
+            self.log.debug("anti-entropy with {peer} failed: {reason}", peer=peer, reason=reason.value)
+            return None
+
+        return d.addCallbacks(answered, failed)
+
+    def _merge_reply(self, peer: str, reply: wire.DigestReply) -> None:
+        try:
+            self._admitted(reply.cluster, reply.sender)
+        except (WrongCluster, NotMember) as e:
+            self.log.debug("anti-entropy with {peer} refused: {why}", peer=peer, why=e)
+            return
+        self._heard(reply.sender, reply.incarnation, reply.members)
+        self.node.merge(reply.state)
+        if reply.buckets:
+            mine = digest.in_buckets(self.node.outgoing(), reply.buckets)
+            lacking = digest.ahead(mine, reply.state)
+            if lacking:
+                self._outbox.setdefault(peer, set()).update(
+                    (name, replica) for name, slots in lacking.items() for replica in slots
+                )
+                if self._flush_call is None:
+                    self._flush_call = self.clock.callLater(0, self.flush)
+
+    def summary(self) -> bytes:
+        """
+        The digest of the state we send to peers, computed once per change.
+        """
+        if self._digest is None or self._digest[0] != self.node.version:
+            self._digest = (self.node.version, digest.summarize(self.node.outgoing()))
+        return self._digest[1]
+
+    def exchange_whole(self, peer: str) -> Deferred[None]:
+        """
+        Push-pull whole state with C{peer}: anti-entropy with a node that
+        does not know /digest.
         """
         d = self.client.sync(peer, self._message(self.node.outgoing(), reply=True))
 
@@ -178,15 +238,54 @@ class Replicator(TimerService):
         @raise WrongCluster: if it comes from another cluster; nothing changes.
         @raise NotMember: if its sender was not admitted; nothing changes.
         """
-        if sync.cluster != self.node.cluster:
-            raise WrongCluster(f"this node belongs to cluster {self.node.cluster!r}, not {sync.cluster!r}")
-        if not self.admission.is_member(sync.sender):
-            self.consider(sync.sender, contact=True)
-            raise NotMember(f"{sync.sender} is not a member admitted by this node")
+        self._admitted(sync.cluster, sync.sender)
         self.node.merge(sync.state)
-        self.membership.heard_from(sync.sender, self.clock.seconds(), sync.incarnation)
-        for member in sync.members:
-            self.consider(member)
+        self._heard(sync.sender, sync.incarnation, sync.members)
         if sync.reply:
             return self._message(self.node.outgoing(), reply=False)
         return None
+
+    def received_digest(self, message: wire.Digest) -> wire.DigestReply:
+        """
+        A peer's digest, opening an anti-entropy round.  Only an admitted
+        member's is answered, as for L{received}.
+
+        @return: the buckets that differ, and our state in them.
+        @raise WrongCluster: if it comes from another cluster; nothing changes.
+        @raise NotMember: if its sender was not admitted; nothing changes.
+        """
+        self._admitted(message.cluster, message.sender)
+        self._heard(message.sender, message.incarnation, message.members)
+        buckets = digest.differing(self.summary(), message.digest)
+        state = digest.in_buckets(self.node.outgoing(), buckets) if buckets else {}
+        return wire.DigestReply(
+            sender=self.node.node_id,
+            incarnation=self.node.identity.incarnation,
+            cluster=self.node.cluster,
+            buckets=tuple(buckets),
+            state=state,
+            members=tuple(self.membership.live()),
+        )
+
+    def _admitted(self, cluster: str, sender: str) -> None:
+        """
+        Whether a message from C{sender} of C{cluster} may change anything.
+
+        @raise WrongCluster: if it comes from another cluster.
+        @raise NotMember: if its sender was not admitted (it is considered
+            for admission: it may have just started).
+        """
+        if cluster != self.node.cluster:
+            raise WrongCluster(f"this node belongs to cluster {self.node.cluster!r}, not {cluster!r}")
+        if not self.admission.is_member(sender):
+            self.consider(sender, contact=True)
+            raise NotMember(f"{sender} is not a member admitted by this node")
+
+    def _heard(self, sender: str, incarnation: str, members: tuple[str, ...]) -> None:
+        """
+        A message from a member: it is alive, and the members it names may
+        be peers (gossip).
+        """
+        self.membership.heard_from(sender, self.clock.seconds(), incarnation)
+        for member in members:
+            self.consider(member)

@@ -10,6 +10,7 @@ has one home.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from collections.abc import Mapping
@@ -265,6 +266,121 @@ def encode_sync(msg: Sync) -> dict[str, Any]:
         "state": encode_state(msg.state),
         "members": list(msg.members),
         "reply": msg.reply,
+    }
+
+
+# Digest anti-entropy (POST /digest).
+
+
+@dataclass(frozen=True)
+class Digest:
+    """
+    A peer's summary of its state (see L{dcounter.digest}), opening an
+    anti-entropy round: the receiver answers with a L{DigestReply}.
+    """
+
+    sender: str
+    incarnation: str
+    cluster: str
+    digest: bytes
+    members: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DigestReply:
+    """
+    The answer to a L{Digest}: the buckets whose digests differ, and the
+    answering node's state in those buckets.
+    """
+
+    sender: str
+    incarnation: str
+    cluster: str
+    buckets: tuple[int, ...]
+    state: State
+    members: tuple[str, ...] = ()
+
+
+def _members(obj: Mapping[str, Any]) -> tuple[str, ...]:
+    members = obj.get("members", [])
+    if not isinstance(members, list) or len(members) > MAX_MEMBERS:
+        raise MalformedMessage(f"'members' must be a list of at most {MAX_MEMBERS} addresses")
+    return tuple(address(m, "a member") for m in members)
+
+
+def _required(obj: Mapping[str, Any], *keys: str) -> None:
+    for key in keys:
+        if key not in obj:
+            raise MalformedMessage(f"missing field {key!r}")
+
+
+def decode_digest(body: bytes, size: int) -> Digest:
+    """
+    Decode a L{Digest} whose summary must be C{size} bytes.
+    """
+    obj = json_object(body)
+    only(obj, "from", "incarnation", "cluster", "digest", "members")
+    _required(obj, "from", "incarnation", "cluster", "digest")
+    raw = obj["digest"]
+    if not isinstance(raw, str) or len(raw) > 4 * size:
+        raise MalformedMessage(f"'digest' must be {size} bytes in base64")
+    try:
+        digest = base64.b64decode(raw, validate=True)
+    except ValueError:
+        raise MalformedMessage("'digest' is not valid base64") from None
+    if len(digest) != size:
+        raise MalformedMessage(f"'digest' must be {size} bytes in base64")
+    return Digest(
+        sender=address(obj["from"], "'from'"),
+        incarnation=_token(obj["incarnation"], "'incarnation'"),
+        cluster=_token(obj["cluster"], "'cluster'"),
+        digest=digest,
+        members=_members(obj),
+    )
+
+
+def encode_digest(msg: Digest) -> dict[str, Any]:
+    return {
+        "from": msg.sender,
+        "incarnation": msg.incarnation,
+        "cluster": msg.cluster,
+        "digest": base64.b64encode(msg.digest).decode(),
+        "members": list(msg.members),
+    }
+
+
+def decode_digest_reply(body: bytes, buckets: int) -> DigestReply:
+    """
+    Decode a L{DigestReply} naming buckets from 0 to C{buckets} - 1.
+    """
+    obj = json_object(body)
+    only(obj, "from", "incarnation", "cluster", "buckets", "state", "members")
+    _required(obj, "from", "incarnation", "cluster", "buckets", "state")
+    listed = obj["buckets"]
+    if (
+        not isinstance(listed, list)
+        or len(listed) > buckets
+        or not all(type(b) is int and 0 <= b < buckets for b in listed)
+    ):
+        raise MalformedMessage(f"'buckets' must be a list of bucket numbers from 0 to {buckets - 1}")
+    return DigestReply(
+        sender=address(obj["from"], "'from'"),
+        incarnation=_token(obj["incarnation"], "'incarnation'"),
+        cluster=_token(obj["cluster"], "'cluster'"),
+        buckets=tuple(listed),
+        state=decode_state(obj["state"]),
+        members=_members(obj),
+    )
+
+
+def encode_digest_reply(msg: DigestReply) -> dict[str, Any]:
+    return {
+        "from": msg.sender,
+        "incarnation": msg.incarnation,
+        "cluster": msg.cluster,
+        "buckets": list(msg.buckets),
+        "state": encode_state(msg.state),
+        "members": list(msg.members),
     }
 
 

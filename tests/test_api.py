@@ -233,8 +233,8 @@ def test_removed_peer_is_not_readmitted_by_gossip(net: Network, a: TestNode, b: 
     post(net, "/register", {"id": B})
     post(net, "/remove-peer", {"id": B})
     b.membership.heard_from(A, net.clock.seconds())
-    net.settle()  # b's push-pull with a reaches a, naming b
-    assert net.requests("POST", "/sync", to=A)
+    net.settle()  # b's anti-entropy round with a reaches a, naming b
+    assert net.requests("POST", "/digest", to=A)
     assert B not in a.membership
     assert get(net, "/peers").json == []
 

@@ -23,8 +23,8 @@ def pushes(net: Network, to: str | None = None, sender: str | None = None) -> li
 
 
 def exchanges(net: Network, to: str | None = None) -> list[Sent]:
-    """The push-pulls (POST /sync asking for a reply) made so far."""
-    return [s for s in net.requests("POST", "/sync", to=to) if s.body["reply"]]
+    """The anti-entropy rounds (POST /digest) opened so far."""
+    return net.requests("POST", "/digest", to=to)
 
 
 def counts(nodes: list[TestNode], name: str = "default") -> list[int]:
@@ -278,7 +278,7 @@ def test_sync_from_another_cluster_is_refused() -> None:
     assert a.count() == 0
     assert stranger.count() == 1000  # and a sent nothing back
     assert a.membership.known() == []
-    reply = net.call("POST", a.id, "/sync", json=attempt.body)
+    reply = net.call("POST", a.id, "/digest", json=attempt.body)
     assert reply.code == 403
     assert a.count() == 0
 
@@ -303,11 +303,11 @@ def test_anti_entropy_never_raises() -> None:
     net.mesh()
     calls: list[str] = []
 
-    def broken(peer: str, message: object) -> None:
+    def broken(peer: str, message: object, buckets: int) -> None:
         calls.append(peer)
         raise RuntimeError("boom")
 
-    a.replicator.client.sync = broken  # type: ignore[method-assign]
+    a.replicator.client.digest = broken  # type: ignore[method-assign]
     a.replicator.anti_entropy()  # does not raise
     assert calls == [b.id]
     a.replicator.startService()  # a round at once, then one every 2 s
