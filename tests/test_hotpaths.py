@@ -1,0 +1,142 @@
+"""
+The hot routes served without Klein (dcounter.api.HotPaths): the same
+answers as Klein's routes, for good and bad requests, and writes that
+become durable later.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from twisted.internet.defer import Deferred
+
+from dcounter.counter import MAX_SLOT
+from tests.support import Network, TestNode, address
+
+A, B = address(9001), address(9002)
+
+REQUESTS: list[tuple[str, str, dict[str, Any]]] = [
+    ("GET", "/count", {}),
+    ("POST", "/increment", {}),
+    ("POST", "/increment", {"json": {"by": 5}}),
+    ("POST", "/increment", {"data": b"{}"}),
+    ("POST", "/increment", {"json": {"by": 0}}),
+    ("POST", "/increment", {"json": {"by": 2**53}}),
+    ("POST", "/increment", {"json": {"by": 1, "x": 2}}),
+    ("POST", "/increment", {"data": b"nope"}),
+    ("POST", "/increment", {"json": [1]}),
+    ("GET", "/increment", {}),
+    ("PUT", "/count", {}),
+    ("HEAD", "/count", {}),
+    ("GET", "/count/", {}),
+    ("GET", "/count?x=1", {}),
+    ("GET", "/counters/hits", {}),
+    ("POST", "/counters/hits/increment", {}),
+    ("POST", "/counters/hits/increment", {"json": {"by": 9}}),
+    ("POST", "/counters/hits/decrement", {"json": {"by": 2}}),
+    ("GET", "/counters/hits", {}),
+    ("POST", "/counters/hits/decrement", {"json": {"by": -1}}),
+    ("GET", "/counters/hits/increment", {}),
+    ("POST", "/counters/hits/other", {}),
+    ("POST", "/counters/hits/increment/", {}),
+    ("POST", "/counters//increment", {}),
+    ("GET", "/counters/", {}),
+    ("GET", "/counters/_x", {}),
+    ("POST", "/counters/_x/increment", {}),
+    ("POST", "/counters/a%20b/increment", {}),
+    ("POST", "/counters/h%69ts/increment", {}),
+    ("GET", "/counters/" + "x" * 129, {}),
+    ("POST", "/counters/" + "x" * 128 + "/decrement", {}),
+    ("GET", "/counters/caf%C3%A9", {}),
+    ("GET", "/counters/full", {}),
+    ("POST", "/counters/full/increment", {"json": {"by": 2}}),
+    ("GET", "/counters/full", {}),
+]
+
+
+def exchange(net: Network, to: str, method: str, path: str, kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    d = net.request(method, f"http://{to}{path}", **kwargs)
+    net.settle()
+    results: list[Any] = []
+    d.addBoth(results.append)
+    response = results[0]
+    body: list[bytes] = []
+    response.content().addBoth(body.append)
+    headers = {
+        name: response.headers.getRawHeaders(name)
+        for name in ("Content-Type", "Cache-Control", "Allow", "Location")
+    }
+    return response.code, headers, body[0].replace(to.encode(), b"NODE")
+
+
+def test_same_answers_as_klein() -> None:
+    """Every request, good or bad, gets from the hot paths what Klein's routes give."""
+    net = Network()
+    hot, klein = net.add(9001), net.add(9002)
+    klein.resource = klein.api.resource(hot_paths=False)  # Klein alone, as before the hot paths
+    for node in (hot, klein):
+        node.node.merge({"full": {node.node.replica: (MAX_SLOT - 1, 0)}})
+    for method, path, kwargs in REQUESTS:
+        ours = exchange(net, A, method, path, kwargs)
+        theirs = exchange(net, B, method, path, kwargs)
+        assert ours == theirs, (method, path)
+    assert hot.node.counters.values() == klein.node.counters.values()
+
+
+class SlowStore:
+    """A store whose saves become durable only when the test says."""
+
+    def __init__(self, store: Any) -> None:
+        self.identity = store.identity
+        self.pending: list[Deferred[None]] = []
+
+    def save(self, state: Any) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self.pending.append(d)
+        return d
+
+    def commit(self) -> None:
+        pending, self.pending = self.pending, []
+        for d in pending:
+            d.callback(None)
+
+
+@pytest.fixture
+def slow() -> tuple[Network, TestNode, SlowStore]:
+    net = Network()
+    a = net.add(9001)
+    store = SlowStore(a.store)
+    a.node.store = store  # type: ignore[assignment]
+    return net, a, store
+
+
+def test_answer_waits_until_durable(slow: tuple[Network, TestNode, SlowStore]) -> None:
+    """An increment is answered once the store has made it durable, not before."""
+    net, a, store = slow
+    results: list[Any] = []
+    net.request("POST", f"http://{A}/counters/x/increment", json={"by": 3}).addBoth(results.append)
+    net.settle()
+    assert results == []
+    store.commit()
+    net.settle()
+    (response,) = results
+    assert response.code == 200
+    body: list[bytes] = []
+    response.content().addBoth(body.append)
+    assert body == [b'{"name":"x","count":3,"node_id":"127.0.0.1:9001"}\n']
+
+
+def test_client_leaving_keeps_the_write(slow: tuple[Network, TestNode, SlowStore]) -> None:
+    """A client that goes away before the commit gets nothing; the write still counts and replicates."""
+    net, a, store = slow
+    b = net.add(9002)
+    net.mesh()
+    d = net.request("POST", f"http://{A}/increment")
+    net.settle()
+    d.cancel()  # the client hangs up
+    net.settle()
+    store.commit()
+    net.settle()
+    assert a.count() == 1
+    assert b.count() == 1
