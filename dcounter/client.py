@@ -177,12 +177,12 @@ class PeerClient:
             if message.reply:
                 self.metrics.exchange(False, sync_size(encoded), 0)
             else:
-                self.metrics.push(False)
+                self.metrics.push(False, sync_size(encoded))
             return reason
 
         def pushed(result: wire.Sync | None) -> wire.Sync | None:
             if not message.reply:
-                self.metrics.push(True)
+                self.metrics.push(True, sync_size(encoded))
             return result
 
         return self._deadline(go(), None).addCallbacks(pushed, failed)

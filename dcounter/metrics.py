@@ -67,6 +67,9 @@ class Metrics:
         self.pushes = Counter(
             "dcounter_replication_pushes", "Replication pushes to peers, by outcome.", ["outcome"], registry=r
         )
+        self.push_bytes = Counter(
+            "dcounter_replication_push_bytes", "Bytes of the bodies of pushes sent to peers.", registry=r
+        )
         self.anti_entropy = Counter(
             "dcounter_anti_entropy_rounds",
             "Anti-entropy push-pulls with a peer, by outcome.",
@@ -107,8 +110,9 @@ class Metrics:
         self.probes.labels(outcome).inc()
         self.probe_seconds.observe(seconds)
 
-    def push(self, ok: bool) -> None:
+    def push(self, ok: bool, sent: int = 0) -> None:
         self.pushes.labels("ok" if ok else "failed").inc()
+        self.push_bytes.inc(sent)
 
     def exchange(self, ok: bool, sent: int, received: int) -> None:
         """

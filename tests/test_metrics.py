@@ -6,6 +6,8 @@ the store's commit metrics run its real writer thread (pytest-twisted).
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
@@ -89,6 +91,10 @@ def test_counters_move_with_increments_and_decrements(net: Network, a: TestNode,
     assert value(samples, "dcounter_decrements_total", counter="hits") == 1
     assert value(samples, "dcounter_local_decrements_total", counter="hits") == 0  # b's, not a's
     assert value(samples, "dcounter_replication_pushes_total", outcome="ok") == 1
+    (push,) = [s.body for s in net.requests("POST", "/sync", to=B)]
+    assert value(samples, "dcounter_replication_push_bytes_total") == len(
+        json.dumps(push, separators=(",", ":")).encode()
+    )
     on_b = scrape(net, B)
     assert value(on_b, "dcounter_increments_total", counter="default") == 5  # replicated
     assert value(on_b, "dcounter_local_increments_total", counter="hits") == 0
