@@ -168,10 +168,9 @@ test: lint
 test-fast: install
 	$(BIN)/pytest -m "not netns"
 
+# The suite (needs wrk and taskset); BENCH_ARGS=--quick for a 3-minute run.
 bench: install
-	$(BIN)/python benchmarks/discovery.py --nodes 20 --runs 3
-	$(BIN)/python benchmarks/request_cost.py
-	$(BIN)/python benchmarks/request_cost.py --data-dir --requests 1000
+	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 
 # stop waits until the nodes have exited, so nothing writes into run/ as it goes.
 clean: stop
