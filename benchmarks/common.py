@@ -130,8 +130,8 @@ class Client:
     One keep-alive HTTP connection to a node, for tight loops.
     """
 
-    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
-        self.connection = http.client.HTTPConnection(host, port, timeout=10)
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10) -> None:
+        self.connection = http.client.HTTPConnection(host, port, timeout=timeout)
 
     def call(self, method: str, path: str, body: object = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
