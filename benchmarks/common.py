@@ -136,9 +136,20 @@ class Client:
     def call(self, method: str, path: str, body: object = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json"} if data is not None else {}
-        self.connection.request(method, path, body=data if method == "POST" else None, headers=headers)
-        response = self.connection.getresponse()
-        raw = response.read()
+        for attempt in (1, 2):
+            try:
+                self.connection.request(
+                    method, path, body=data if method == "POST" else None, headers=headers
+                )
+                response = self.connection.getresponse()
+                raw = response.read()
+                break
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                # The server closed this kept-alive connection (its idle
+                # timeout, or a saturated machine): once more, on a new one.
+                self.connection.close()
+                if attempt == 2:
+                    raise
         if response.status != 200:
             raise RuntimeError(f"{method} {path}: {response.status} {raw[:200]!r}")
         return (

@@ -491,7 +491,8 @@ class HotPaths(Resource):
     Deferreds around every handler and its answer) took about half of the
     server's CPU for a one-line handler.  A request whose path needs
     decoding (C{%}), a trailing slash, or another method goes to Klein, so
-    redirects, 404s and 405s stay Klein's.
+    redirects, 404s and 405s stay Klein's; so does a request with a query
+    string, whose parameters only Klein's handlers read.
     """
 
     isLeaf = True
@@ -505,6 +506,8 @@ class HotPaths(Resource):
 
     def render(self, request: Any) -> Any:
         method, path = request.method, request.path
+        if b"?" in request.uri:  # query parameters are Klein's handlers' to read
+            return self.fallback.render(request)
         try:
             if path == b"/count":
                 if method == b"GET":

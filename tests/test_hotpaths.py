@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred
+from twisted.web.resource import Resource
 
+from dcounter.api import HotPaths
 from dcounter.counter import MAX_SLOT
 from tests.support import Network, TestNode, address
 
@@ -140,3 +142,59 @@ def test_client_leaving_keeps_the_write(slow: tuple[Network, TestNode, SlowStore
     net.settle()
     assert a.count() == 1
     assert b.count() == 1
+
+
+class Recording(Resource):
+    """A stand-in for Klein's resource: records what reaches it."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[str, str]] = []
+
+    def render(self, request: Any) -> bytes:
+        self.seen.append((request.method.decode(), request.uri.decode()))
+        return b'{"klein":true}\n'
+
+
+@pytest.mark.parametrize(
+    "method, uri",
+    [
+        ("POST", "/increment?wait=2"),
+        ("GET", "/count?x=1"),
+        ("POST", "/counters/x/increment?wait=1"),
+        ("GET", "/count/"),
+        ("HEAD", "/count"),
+        ("GET", "/increment"),
+        ("POST", "/counters/a%20b/increment"),
+        ("POST", "/counters//increment"),
+        ("GET", "/counters"),
+        ("POST", "/counters"),
+        ("GET", "/health"),
+    ],
+)
+def test_what_goes_to_klein(method: str, uri: str) -> None:
+    """Requests the hot paths do not answer exactly as Klein would reach Klein, untouched."""
+    net = Network()
+    a = net.add(9001)
+    klein = Recording()
+    a.resource = HotPaths(a.api, klein)
+    net.request(method, f"http://{A}{uri}")
+    net.settle()
+    assert klein.seen == [(method, uri)]
+    assert a.node.counters.values() == {}
+
+
+def test_legacy_sync_goes_to_klein() -> None:
+    """The original's /sync {"count": N} is Klein's; a peer's sync is not."""
+    net = Network()
+    a = net.add(9001)
+    klein = Recording()
+    a.resource = HotPaths(a.api, klein)
+    net.request("POST", f"http://{A}/sync", json={"count": 3})
+    net.request(
+        "POST", f"http://{A}/sync", json={"from": B, "incarnation": "i", "cluster": "dcounter", "state": {}}
+    )
+    net.settle()
+    assert klein.seen == [("POST", "/sync")]
