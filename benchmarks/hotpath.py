@@ -53,7 +53,7 @@ def run(quick: bool, seconds: float | None = None, rounds: int | None = None) ->
         floors = {kind: floor_server(kind) for kind in ("twisted", "klein")}
         try:
             for node in (memory, data):
-                node.start().wait_up()
+                node.start().wait_up(60)
             targets = {
                 "twisted.web": floors["twisted"][1],
                 "klein": floors["klein"][1],

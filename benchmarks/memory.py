@@ -41,7 +41,7 @@ def run(quick: bool, data_dir: bool = False) -> dict[str, float]:
             for node in nodes:
                 node.start()
             for node in nodes:
-                node.wait_up()
+                node.wait_up(60)
             wait_for(lambda: all(len(n.peers()) == 2 for n in nodes), 30, what="a mesh of three")
             pids = [n.process.pid for n in nodes if n.process is not None]
             at_rest = [rss_mb(pid) for pid in pids]

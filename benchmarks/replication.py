@@ -65,7 +65,7 @@ def run(quick: bool, data_dir: bool = False) -> dict[str, float]:
             for node in nodes:
                 node.start()
             for node in nodes:
-                node.wait_up()
+                node.wait_up(60)
             wait_for(lambda: all(len(n.peers()) == 2 for n in nodes), 30, what="a mesh of three")
             a, others = nodes[0], [n.port for n in nodes[1:]]
             url = f"http://127.0.0.1:{a.port}/counters/load/increment"
