@@ -96,6 +96,29 @@ SCHEMAS: dict[str, Any] = {
         "properties": {"count": {"type": "integer", "minimum": 0, "maximum": MAX_AMOUNT}},
         "additionalProperties": False,
     },
+    "Batch": {
+        "type": "object",
+        "description": "counter name -> amount (negative: a decrement); all applied or none",
+        "minProperties": 1,
+        "additionalProperties": {
+            "type": "integer",
+            "minimum": -MAX_AMOUNT,
+            "maximum": MAX_AMOUNT,
+            "not": {"const": 0},
+        },
+    },
+    "PeerDigest": {
+        "type": "object",
+        "required": ["from", "incarnation", "cluster", "digest"],
+        "properties": {
+            "from": _ADDRESS,
+            "incarnation": {"type": "string"},
+            "cluster": {"type": "string"},
+            "digest": {"type": "string", "description": "256 bucket digests of 8 bytes, base64"},
+            "members": {"type": "array", "items": _ADDRESS},
+        },
+        "additionalProperties": False,
+    },
     "PeerSync": {
         "type": "object",
         "required": ["from", "incarnation", "cluster", "state"],
@@ -183,7 +206,21 @@ def document() -> dict[str, Any]:
             "get": {"summary": "Discovery, admission and auth figures", "responses": _responses(_json(obj))}
         },
         "/members": {"get": {"summary": "Every peer with its state", "responses": _responses(_json(obj))}},
-        "/counters": {"get": {"summary": "Every counter's value", "responses": _responses(_json(obj))}},
+        "/counters": {
+            "get": {"summary": "Every counter's value", "responses": _responses(_json(obj))},
+            "post": {
+                "summary": "A batch of increments and decrements, all or nothing, one commit",
+                "requestBody": _body(_ref("Batch")),
+                "responses": _responses(_json(obj), "409", "503"),
+            },
+        },
+        "/digest": {
+            "post": {
+                "summary": "A peer's digest, opening anti-entropy (signed with a key)",
+                "requestBody": _body(_ref("PeerDigest")),
+                "responses": _responses(_json(obj), "403"),
+            }
+        },
         "/counters/{name}": {
             "get": {
                 "summary": "One counter; 404 if never written",

@@ -186,8 +186,8 @@ def test_what_goes_to_klein(method: str, uri: str) -> None:
     assert a.node.counters.values() == {}
 
 
-def test_legacy_sync_goes_to_klein() -> None:
-    """The original's /sync {"count": N} is Klein's; a peer's sync is not."""
+def test_sync_goes_to_klein() -> None:
+    """Both kinds of /sync, the original's and a peer's, are Klein's (MACs and tokens are checked there)."""
     net = Network()
     a = net.add(9001)
     klein = Recording()
@@ -197,4 +197,4 @@ def test_legacy_sync_goes_to_klein() -> None:
         "POST", f"http://{A}/sync", json={"from": B, "incarnation": "i", "cluster": "dcounter", "state": {}}
     )
     net.settle()
-    assert klein.seen == [("POST", "/sync")]
+    assert klein.seen == [("POST", "/sync"), ("POST", "/sync")]
