@@ -46,11 +46,12 @@ def _body(schema: dict[str, Any], required: bool = True) -> dict[str, Any]:
     return {"required": required, "content": {"application/json": {"schema": schema}}}
 
 
+_NAME_PATTERN = f"^[A-Za-z0-9][A-Za-z0-9_.:-]{{0,{MAX_NAME - 1}}}$"
 _NAME = {
     "name": "name",
     "in": "path",
     "required": True,
-    "schema": {"type": "string", "pattern": f"^[A-Za-z0-9][A-Za-z0-9_.:-]{{0,{MAX_NAME - 1}}}$"},
+    "schema": {"type": "string", "pattern": _NAME_PATTERN},
 }
 
 _ADDRESS = {"type": "string", "description": "HOST:PORT, a hostname or IPv4 address", "maxLength": 300}
@@ -100,11 +101,12 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "description": "counter name -> amount (negative: a decrement); all applied or none",
         "minProperties": 1,
+        "propertyNames": {"pattern": _NAME_PATTERN},
         "additionalProperties": {
-            "type": "integer",
-            "minimum": -MAX_AMOUNT,
-            "maximum": MAX_AMOUNT,
-            "not": {"const": 0},
+            "anyOf": [
+                {"type": "integer", "minimum": 1, "maximum": MAX_AMOUNT},
+                {"type": "integer", "minimum": -MAX_AMOUNT, "maximum": -1},
+            ]
         },
     },
     "PeerDigest": {
