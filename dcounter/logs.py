@@ -22,7 +22,6 @@ import sys
 from collections.abc import Mapping
 from typing import IO, Any
 
-from twisted.application.service import MultiService
 from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
@@ -35,6 +34,8 @@ from twisted.logger import (
 from twisted.python import logfile
 from twisted.python.components import Componentized
 from zope.interface import implementer
+
+from dcounter.service import StopInOrder
 
 LEVELS = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn, "error": LogLevel.error}
 FORMATS = ("text", "json")
@@ -118,10 +119,11 @@ def twistd_output(twistd: Mapping[str, Any]) -> IO[str] | None:
     return out  # type: ignore[return-value]
 
 
-class NodeService(MultiService):
+class NodeService(StopInOrder):
     """
-    A node's services; when twistd makes it part of its application, it
-    also hands twistd the log observer to use.
+    A node's services (stopped one after another, in reverse order); when
+    twistd makes it part of its application, it also hands twistd the log
+    observer to use.
     """
 
     def __init__(self, log_observer: ILogObserver | None = None) -> None:

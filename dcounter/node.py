@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -36,15 +37,24 @@ class Node:
         self.cluster = cluster
         self.clock = clock
         self.started = clock.seconds()
-        self.counters = Counters(store.load(), max_counters=max_counters)
-        self._durable: dict[str, Slot] = {
-            name: slots[self.replica]
-            for name, slots in self.counters.state().items()
-            if self.replica in slots
-        }
+        self.counters = Counters(max_counters=max_counters)
+        self._durable: dict[str, Slot] = {}
         self._listeners: list[WriteListener] = []
         #: Grows whenever what L{outgoing} returns may have changed.
         self.version = 0
+
+    def load(self) -> None:
+        """
+        Take up the state the store holds (once it is started).  A store
+        gives a new replica at every start, so none of it is normally this
+        node's own slot; if some is, it is durable.
+        """
+        state = self.store.load()
+        # Kept whole, whatever its size: the bound is for what arrives.
+        self.counters = Counters(state, max_counters=self.counters.max_counters)
+        for name, slots in state.items():
+            if self.replica in slots:
+                self._mark_durable(name, slots[self.replica])
 
     @property
     def node_id(self) -> str:
@@ -169,7 +179,35 @@ class Node:
                     slots[self.replica] = durable
         return {name: slots for name, slots in state.items() if slots}
 
+    def own_slots(self) -> dict[str, Slot]:
+        """This node's own slot in each counter, as far as it is durable."""
+        return dict(self._durable)
+
+    def own_slot(self, name: str) -> Slot:
+        """This node's own slot in counter C{name}, durable or not (yet)."""
+        return self.counters.slot(name, self.replica)
+
     def _mark_durable(self, name: str, slot: Slot) -> None:
         self.version += 1
         p, n = self._durable.get(name, (0, 0))
         self._durable[name] = (max(p, slot[0]), max(n, slot[1]))
+
+
+class NodeStateService(Service):
+    """
+    The node's lifetime: open its store and take up its state on start; on
+    stop, finish the last commit.  (twistd calls startService after it forks
+    into a daemon, where the store may open its database.)
+    """
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def startService(self) -> None:
+        self.node.store.start()
+        self.node.load()
+        super().startService()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return self.node.store.stop()

@@ -1,16 +1,19 @@
 # -*- test-case-name: tests.test_store -*-
 """
-Where a node's identity and counter state become durable.
+Where a node's counter state becomes durable.
 
-L{SQLiteStore} keeps both in C{DIR/dcounter.sqlite3}.  Writes are
-group-committed on a thread of their own: while one transaction commits,
-every write that arrives meanwhile waits for the next, so one fsync serves
-many increments and the reactor never blocks on the disk.  L{MemoryStore}
-keeps nothing, for tests and throwaway nodes.
+L{SQLiteStore} keeps it in C{DIR/dcounter.sqlite3}.  Writes are
+group-committed on a worker (a thread of their own in the daemon): while one
+transaction commits, every write that arrives meanwhile waits for the next,
+so one fsync serves many increments and the reactor never blocks on the disk.
+L{MemoryStore} keeps nothing, for tests and throwaway nodes.
 
-A store that finds its identity keeps its replica id; a store started empty
-makes a new incarnation, so a node that lost its data can never overwrite its
-own old slot with a smaller number.
+Every start is a new incarnation, a new replica id, whatever the directory
+holds: a directory may be older than what the node handed out before (a
+restored backup, a rolled-back VM snapshot, a C{.sqlite3} copied without its
+C{-wal}), and a replica that resumed an old slot would have its new counts
+masked by the larger copy its peers hold.  The slots of earlier incarnations
+stay, as state like any other.
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ import fcntl
 import os
 import secrets
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any, Protocol
 
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -113,27 +118,72 @@ ON CONFLICT (counter, replica) DO UPDATE SET p = max(p, excluded.p), n = max(n, 
 """
 
 
+class Worker(Protocol):
+    """
+    Where the store's transactions run: a thread in the daemon; in unit
+    tests, the test itself (L{tests.test_store}).
+    """
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def run(self, f: Callable[..., None], *args: Any) -> Deferred[None]:
+        """Run C{f(*args)} off the reactor; fire with its result or its error."""
+
+
+class ThreadWorker:
+    """
+    One thread of its own: SQLite connections may be used from one thread at
+    a time, and one writer is all group commit needs.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+        self._pool = ThreadPool(minthreads=1, maxthreads=1, name="dcounter-store")
+
+    def start(self) -> None:
+        self._pool.start()
+
+    def stop(self) -> None:
+        self._pool.stop()
+
+    def run(self, f: Callable[..., None], *args: Any) -> Deferred[None]:
+        return deferToThreadPool(self._reactor, self._pool, f, *args)
+
+
 class SQLiteStore:
+    """
+    The constructor takes the directory's lock (so that a second node on the
+    same directory fails at once); L{start} opens the database.  twistd
+    builds services before it forks into a daemon, and an SQLite connection
+    must not cross a fork.
+    """
+
     log = Logger()
 
-    def __init__(self, directory: str, node_id: str, reactor: Any, metrics: Metrics | None = None) -> None:
-        self._reactor = reactor
+    def __init__(
+        self,
+        directory: str,
+        node_id: str,
+        worker: Worker,
+        *,
+        clock: IReactorTime | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.directory = directory
+        self.path = os.path.join(directory, "dcounter.sqlite3")
+        self._clock: IReactorTime = clock if clock is not None else Clock()
         self.metrics = metrics if metrics is not None else Metrics()
         try:
             os.makedirs(directory, exist_ok=True)
-            self._lock = self._take_lock(os.path.join(directory, "lock"))
-            self._db = sqlite3.connect(
-                os.path.join(directory, "dcounter.sqlite3"),
-                check_same_thread=False,
-                isolation_level=None,
-            )
-            self._db.executescript(_SCHEMA)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self.identity = self._load_identity(node_id)
-        except (OSError, sqlite3.Error) as e:
+            self._lock: IO[str] | None = self._take_lock(os.path.join(directory, "lock"))
+        except OSError as e:
             raise StoreError(f"cannot use data directory {directory!r}: {e}") from e
-        self._pool = ThreadPool(minthreads=1, maxthreads=1, name="dcounter-store")
+        self.identity = Identity(node_id, new_incarnation())
+        self._worker = worker
+        self._db: sqlite3.Connection | None = None
+        self._stopped = False
         self._pending: dict[tuple[str, str], Slot] = {}
         self._waiting: list[Deferred[None]] = []
         self._committing: Deferred[None] | None = None
@@ -149,33 +199,38 @@ class SQLiteStore:
             raise StoreError(f"{path} is locked: another dcounter node uses this data directory") from None
         return lock
 
-    def _load_identity(self, node_id: str) -> Identity:
-        meta = dict(self._db.execute("SELECT key, value FROM meta"))
-        if meta.get("node_id") == node_id and meta.get("incarnation"):
-            return Identity(node_id, meta["incarnation"])
-        # New directory, or a node now known by another address: a new
-        # replica.  Slots of the old one stay, as state like any other.
-        identity = Identity(node_id, new_incarnation())
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                [("node_id", node_id), ("incarnation", identity.incarnation)],
-            )
-        return identity
+    def start(self) -> None:
+        """
+        Open the database and start the writer.
+
+        @raise StoreError: if the directory does not hold a usable database.
+        """
+        try:
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            try:
+                db.executescript(_SCHEMA)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")
+            except sqlite3.Error:
+                db.close()
+                raise
+        except sqlite3.Error as e:
+            self._release()
+            raise StoreError(f"cannot use data directory {self.directory!r}: {e}") from e
+        self._db = db
+        self._worker.start()
 
     def load(self) -> State:
+        assert self._db is not None, "load() before start()"
         state: dict[str, dict[str, Slot]] = {}
         for counter, replica, p, n in self._db.execute("SELECT counter, replica, p, n FROM slots"):
             state.setdefault(counter, {})[replica] = (p, n)
         return state
 
-    def start(self) -> None:
-        self._pool.start()
-
     def stop(self) -> Deferred[None]:
         """
-        Commit what is pending, then release the directory.
+        Commit what is pending (saves made meanwhile included), then release
+        the directory.  Saves after that fail with L{StoreError}.
         """
         idle: Deferred[None] = Deferred()
         if self._committing is None:
@@ -184,17 +239,29 @@ class SQLiteStore:
             self._idle.append(idle)
 
         def close(_: object) -> None:
-            self._pool.stop()
-            self._db.close()
-            self._lock.close()
+            if self._db is not None:
+                self._worker.stop()
+                self._db.close()
+                self._db = None
+            self._release()
 
         return idle.addCallback(close)
+
+    def _release(self) -> None:
+        self._stopped = True
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def save(self, state: State) -> Deferred[None]:
         """
         Make these slots durable.  The result fires once they are committed,
-        or fails with the database's error.
+        or fails with L{StoreError}: the database's error, or the store is
+        not running.
         """
+        if self._db is None:
+            why = "stopped" if self._stopped else "not started"
+            return fail(StoreError(f"the store is {why}: nothing more can be made durable"))
         pending = self._pending
         for counter, replicas in state.items():
             for replica, (p, n) in replicas.items():
@@ -210,12 +277,12 @@ class SQLiteStore:
         batch, waiting = self._pending, self._waiting
         self._pending, self._waiting = {}, []
         rows = [(c, r, p, n) for (c, r), (p, n) in batch.items()]
-        started = self._reactor.seconds()
-        self._committing = deferToThreadPool(self._reactor, self._pool, self._write, rows)
+        started = self._clock.seconds()
+        self._committing = self._worker.run(self._write, rows)
 
         def done(result: object) -> None:
             if not isinstance(result, Failure):
-                self.metrics.commit(self._reactor.seconds() - started, len(rows))
+                self.metrics.commit(self._clock.seconds() - started, len(rows))
             # Waiters' callbacks may save again: until they have all run, those
             # saves must wait for the next transaction, not start one each.
             for waiter in waiting:
@@ -231,27 +298,11 @@ class SQLiteStore:
         self._committing.addBoth(done)
 
     def _write(self, rows: list[tuple[str, str, int, int]]) -> None:
+        db = self._db
+        assert db is not None
         try:
-            with self._db:
-                self._db.execute("BEGIN IMMEDIATE")
-                self._db.executemany(_UPSERT, rows)
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                db.executemany(_UPSERT, rows)
         except sqlite3.Error as e:
             raise StoreError(f"could not commit to the data directory: {e}") from e
-
-
-class StoreService(Service):
-    """
-    Runs a store's writer for as long as the node runs; on stop, waits for
-    the last commit.
-    """
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-
-    def startService(self) -> None:
-        super().startService()
-        self.store.start()
-
-    def stopService(self) -> Deferred[None]:
-        super().stopService()
-        return self.store.stop()

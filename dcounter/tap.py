@@ -2,9 +2,11 @@
 """
 The twistd plugin's two halves: L{Options} and L{makeService}.
 
-makeService builds each part and attaches it to one MultiService, in
-dependency order: the store first (so it stops last, after the final
-commit), then the HTTP site, replication, health checks and discovery.
+makeService builds each part and attaches it to one L{logs.NodeService}, in
+dependency order: the node and its store first (so it stops last, after the
+final commit), then replication (which pushes the last writes on stop, once
+the HTTP site has stopped taking them), the HTTP site, health checks and
+discovery.
 """
 
 from __future__ import annotations
@@ -34,9 +36,9 @@ from dcounter.discovery import Discovery, DNSJoin, default_broadcasts
 from dcounter.health import HealthChecker
 from dcounter.membership import Membership
 from dcounter.metrics import Metrics
-from dcounter.node import Node
+from dcounter.node import Node, NodeStateService
 from dcounter.replication import Replicator
-from dcounter.store import MemoryStore, SQLiteStore, StoreError, StoreService
+from dcounter.store import MemoryStore, SQLiteStore, StoreError, ThreadWorker
 
 DEFAULT_PORT = 8088
 log = Logger()
@@ -350,7 +352,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         store = (
             MemoryStore(node_id)
             if options["in-memory"]
-            else SQLiteStore(options["data-dir"], node_id, reactor, metrics=metrics)
+            else SQLiteStore(
+                options["data-dir"], node_id, ThreadWorker(reactor), clock=reactor, metrics=metrics
+            )
         )
     except StoreError as e:
         raise SystemExit(f"dcounter: {e}") from None
@@ -360,9 +364,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     top = logs.NodeService(
         None if output is None else logs.observer(output, options["log-format"], options["log-level"])
     )
-    StoreService(store).setServiceParent(top)
-
     node = Node(store, options["cluster"], reactor, max_counters=options["max-counters"])
+    NodeStateService(node).setServiceParent(top)
     membership = Membership(node_id)
     keys = keyring.Keyring(options["keys"])
     guard = keyring.Guard(keys, node_id)
@@ -422,8 +425,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         client_token=options["client-token"],
     )
     site = CounterSite(api, options["access-log"], reactor)
-    strports.service(options["listen"], site, reactor=reactor).setServiceParent(top)
     replicator.setServiceParent(top)
+    strports.service(options["listen"], site, reactor=reactor).setServiceParent(top)
     health.setServiceParent(top)
     if discovery is not None:
         discovery.setServiceParent(top)

@@ -12,13 +12,13 @@ requests unanswered (L{Network.hold}: a slow peer, or a request in flight).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
@@ -101,6 +101,7 @@ def make_node(
     """
     store = MemoryStore(node_id)
     node = Node(store, cluster, clock)
+    node.load()
     membership = Membership(node_id, **membership_options)
     metrics = Metrics()
     ring = Keyring(keys)
@@ -390,3 +391,37 @@ def failure_of(d: Deferred[Any]) -> Failure:
     outcome = _outcome(d)
     assert isinstance(outcome, Failure), f"expected a failure, got {outcome!r}"
     return outcome
+
+
+class ManualWorker:
+    """
+    A worker whose jobs wait until the test runs them, one transaction at a
+    time, in order: like the writer thread, but the test says when it is done.
+    """
+
+    def __init__(self) -> None:
+        self.running = False
+        self.jobs: list[tuple[Callable[..., None], tuple[Any, ...], Deferred[None]]] = []
+        self.transactions: list[list[tuple[str, str, int, int]]] = []
+
+    def start(self) -> None:
+        self.running = True
+
+    def stop(self) -> None:
+        self.running = False
+
+    def run(self, f: Callable[..., None], *args: Any) -> Deferred[None]:
+        assert self.running, "a job for a stopped worker"
+        d: Deferred[None] = Deferred()
+        self.jobs.append((f, args, d))
+        return d
+
+    def run_next(self) -> None:
+        """Run the oldest job: its transaction commits (or fails) now."""
+        f, args, d = self.jobs.pop(0)
+        self.transactions.append(sorted(args[0]))
+        maybeDeferred(f, *args).chainDeferred(d)
+
+    def run_all(self) -> None:
+        while self.jobs:
+            self.run_next()

@@ -9,13 +9,12 @@ from __future__ import annotations
 import json
 
 import pytest
-import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet import reactor
+from twisted.internet.task import Clock
 
 from dcounter.metrics import Metrics
 from dcounter.store import SQLiteStore
-from tests.support import Network, TestNode, address, result_of
+from tests.support import ManualWorker, Network, TestNode, address, result_of
 
 A = address(9001)
 B = address(9002)
@@ -161,15 +160,17 @@ def test_each_node_has_its_own_registry(net: Network, a: TestNode, b: TestNode) 
     assert ("dcounter_increments_total", (("counter", "default"),)) not in scrape(net, B)
 
 
-@pytest_twisted.inlineCallbacks
 def test_store_commit_latency_and_batch_size(tmp_path) -> None:
     metrics = Metrics()
-    store = SQLiteStore(str(tmp_path), "10.0.0.1:8080", reactor, metrics=metrics)
+    clock = Clock()
+    worker = ManualWorker()
+    store = SQLiteStore(str(tmp_path), "10.0.0.1:8080", worker, clock=clock, metrics=metrics)
     store.start()
-    try:
-        yield store.save({"default": {"r1": (1, 0), "r2": (2, 0)}})
-    finally:
-        yield store.stop()
+    saved = store.save({"default": {"r1": (1, 0), "r2": (2, 0)}})
+    clock.advance(0.25)  # the commit takes this long
+    worker.run_all()
+    assert result_of(saved) is None
+    assert result_of(store.stop()) is None
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for f in text_string_to_metric_families(metrics.exposition().decode())
@@ -177,3 +178,4 @@ def test_store_commit_latency_and_batch_size(tmp_path) -> None:
     }
     assert value(samples, "dcounter_store_commit_duration_seconds_count") == 1
     assert value(samples, "dcounter_store_commit_batch_size_sum") == 2
+    assert value(samples, "dcounter_store_commit_duration_seconds_sum") == 0.25

@@ -55,7 +55,9 @@ def make_node(state: dict | None = None) -> tuple[Node, ManualStore, Clock]:
     store = ManualStore(state)
     clock = Clock()
     clock.advance(1000)
-    return Node(store, "dcounter", clock), store, clock
+    node = Node(store, "dcounter", clock)
+    node.load()
+    return node, store, clock
 
 
 def results(d: Deferred) -> list:

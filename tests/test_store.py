@@ -1,8 +1,9 @@
 """
-Tests for dcounter.store: identity, locking and group commit.
+Tests for dcounter.store: identity, locking, lifecycle and group commit.
 
-Tests that commit run the store's real thread pool, so they run on the global
-reactor (pytest-twisted); the others never start it.
+The store's transactions run on an injected worker: L{ManualWorker} queues
+them until the test runs them (a writer thread that is busy, then done), so
+no test here needs a thread or the global reactor.
 """
 
 from __future__ import annotations
@@ -10,71 +11,40 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
-import pytest_twisted
-from twisted.internet import reactor
-from twisted.internet.defer import gatherResults
-from twisted.internet.task import Clock
 
 from dcounter.counter import MAX_SLOT
-from dcounter.store import Identity, MemoryStore, SQLiteStore, StoreError, StoreService
+from dcounter.store import Identity, MemoryStore, SQLiteStore, StoreError
+from tests.support import ManualWorker, failure_of, result_of
 
 NODE = "10.0.0.1:8080"
 OTHER = "10.0.0.9:8080"
 
 
-def opened(directory, node_id: str = NODE, clock=None) -> SQLiteStore:
-    """A store that will not commit: its reactor is a Clock nobody runs."""
-    return SQLiteStore(str(directory), node_id, clock or Clock())
+def opened(directory, node_id: str = NODE) -> tuple[SQLiteStore, ManualWorker]:
+    worker = ManualWorker()
+    store = SQLiteStore(str(directory), node_id, worker)
+    store.start()
+    return store, worker
 
 
 def close(store: SQLiteStore) -> None:
     """Close a store with nothing in flight: stop() fires at once."""
-    done = []
-    store.stop().addCallback(done.append)
-    assert done == [None]
-
-
-def record_transactions(store: SQLiteStore) -> list[list[tuple[str, str, int, int]]]:
-    """Record the rows of every transaction the store commits, in order."""
-    batches: list[list[tuple[str, str, int, int]]] = []
-    write = store._write
-
-    def recording(rows):
-        batches.append(sorted(rows))
-        return write(rows)
-
-    store._write = recording
-    return batches
-
-
-@pytest.fixture
-def start_store(tmp_path):
-    """
-    Opens SQLiteStores on the real reactor with their writers started, and
-    ends the writer threads of any a failed test left running: a live
-    non-daemon thread would keep pytest from exiting.
-    """
-    made: list[SQLiteStore] = []
-
-    def start(node_id: str = NODE, *, writer: bool = True) -> SQLiteStore:
-        store = SQLiteStore(str(tmp_path), node_id, reactor)
-        if writer:
-            store.start()
-        made.append(store)
-        return store
-
-    yield start
-    for store in made:
-        if store._pool.started:
-            store._pool.stop()
+    assert result_of(store.stop()) is None
 
 
 def reopen_and_load(directory, node_id: str = NODE) -> tuple[Identity, dict]:
-    store = opened(directory, node_id)
+    store, _ = opened(directory, node_id)
     try:
         return store.identity, store.load()
     finally:
         close(store)
+
+
+def saved(store: SQLiteStore, worker: ManualWorker, state: dict) -> None:
+    """Save C{state} and commit it."""
+    d = store.save(state)
+    worker.run_all()
+    assert result_of(d) is None
 
 
 # MemoryStore.
@@ -92,64 +62,66 @@ def test_memory_store_keeps_nothing():
     """A MemoryStore loads nothing and acknowledges saves at once."""
     store = MemoryStore(NODE)
     store.start()
-    fired = []
-    store.save({"c": {"r": (1, 0)}}).addCallback(fired.append)
-    assert fired == [None]
+    assert result_of(store.save({"c": {"r": (1, 0)}})) is None
     assert store.load() == {}
-    store.stop().addCallback(fired.append)
-    assert fired == [None, None]
+    assert result_of(store.stop()) is None
 
 
 # Identity.
 
 
-def test_fresh_directory_gets_a_new_incarnation(tmp_path):
-    """Two empty directories give two different replicas of the same node."""
-    a, b = opened(tmp_path / "a"), opened(tmp_path / "b")
-    try:
-        assert a.identity.node_id == b.identity.node_id == NODE
-        assert a.identity.incarnation != b.identity.incarnation
-        assert a.identity.incarnation
-        assert a.load() == {}
-    finally:
-        close(a)
-        close(b)
-
-
-def test_same_node_keeps_its_incarnation_across_reopen(tmp_path):
-    """Reopening a directory under the same node id keeps the replica id."""
-    store = opened(tmp_path)
+def test_every_start_is_a_new_incarnation(tmp_path):
+    """
+    Reopening the same directory under the same node id gives a new replica
+    every time (the directory may be an old copy); the old slots stay.
+    """
+    store, worker = opened(tmp_path)
     first = store.identity
+    saved(store, worker, {"default": {first.replica: (5, 0)}})
     close(store)
-    for _ in range(2):
-        identity, _state = reopen_and_load(tmp_path)
-        assert identity == first
+    seen = {first.incarnation}
+    for _ in range(3):
+        identity, state = reopen_and_load(tmp_path)
+        assert identity.node_id == NODE
+        assert identity.incarnation not in seen
+        seen.add(identity.incarnation)
+        assert state == {"default": {first.replica: (5, 0)}}
 
 
-def test_other_node_id_gets_a_new_incarnation(tmp_path):
-    """A directory reopened under another node id is a new replica."""
-    store = opened(tmp_path)
-    first = store.identity
+def test_restored_old_copy_is_a_new_replica(tmp_path):
+    """
+    A directory put back from a copy taken earlier starts a replica that has
+    never handed out a count: none of its slots is one its peers could hold
+    more of.
+    """
+    import shutil
+
+    store, worker = opened(tmp_path / "d")
+    saved(store, worker, {"default": {store.identity.replica: (10, 0)}})
     close(store)
-    identity, _ = reopen_and_load(tmp_path, OTHER)
-    assert identity.node_id == OTHER
-    assert identity.incarnation != first.incarnation
-    # ... and it keeps that new identity from then on.
-    assert reopen_and_load(tmp_path, OTHER)[0] == identity
+    shutil.copytree(tmp_path / "d", tmp_path / "copy")
+    store, worker = opened(tmp_path / "d")
+    later = store.identity
+    saved(store, worker, {"default": {later.replica: (150, 0)}})
+    close(store)
+    shutil.rmtree(tmp_path / "d")
+    shutil.copytree(tmp_path / "copy", tmp_path / "d")
+    identity, state = reopen_and_load(tmp_path / "d")
+    assert identity.replica not in state["default"]
+    assert identity.replica != later.replica
 
 
 def test_locked_directory_is_refused(tmp_path):
-    """A second store on a directory in use raises StoreError, and the first is unharmed."""
-    store = opened(tmp_path)
+    """A second store on a directory in use raises StoreError at once, and the first is unharmed."""
+    store, _ = opened(tmp_path)
     with pytest.raises(StoreError, match="locked"):
-        opened(tmp_path)
+        SQLiteStore(str(tmp_path), NODE, ManualWorker())
     with pytest.raises(StoreError):
-        opened(tmp_path, OTHER)
+        SQLiteStore(str(tmp_path), OTHER, ManualWorker())
     assert store.load() == {}
-    identity = store.identity
     close(store)
     # Released on stop.
-    assert reopen_and_load(tmp_path)[0] == identity
+    reopen_and_load(tmp_path)
 
 
 def test_unusable_directory_raises_store_error(tmp_path):
@@ -157,140 +129,143 @@ def test_unusable_directory_raises_store_error(tmp_path):
     path = tmp_path / "file"
     path.write_text("not a directory")
     with pytest.raises(StoreError):
-        opened(path)
+        SQLiteStore(str(path), NODE, ManualWorker())
 
 
-def test_corrupt_database_raises_store_error(tmp_path):
-    """A database file that is not SQLite raises StoreError."""
+def test_corrupt_database_raises_store_error_on_start(tmp_path):
+    """A database file that is not SQLite raises StoreError when the store starts, and frees the lock."""
     (tmp_path / "dcounter.sqlite3").write_bytes(b"this is not an sqlite database" * 100)
-    with pytest.raises(StoreError):
-        opened(tmp_path)
+    store = SQLiteStore(str(tmp_path), NODE, ManualWorker())
+    with pytest.raises(StoreError, match="cannot use data directory"):
+        store.start()
+    SQLiteStore(str(tmp_path), NODE, ManualWorker())  # not locked any more
 
 
-# Commits (real thread pool, global reactor).
+def test_database_is_opened_on_start_not_before(tmp_path):
+    """
+    Constructing the store (twistd does it before forking) opens no
+    database; start() does.  A save before start fails at once.
+    """
+    store = SQLiteStore(str(tmp_path), NODE, ManualWorker())
+    assert not (tmp_path / "dcounter.sqlite3").exists()
+    failure_of(store.save({"c": {"r": (1, 0)}})).trap(StoreError)
+    store.start()
+    assert (tmp_path / "dcounter.sqlite3").exists()
+    close(store)
 
 
-@pytest_twisted.ensureDeferred
-async def test_saved_slots_load_back(tmp_path, start_store):
-    """Slots saved are there when the directory is reopened, with the same identity."""
-    store = start_store()
-    identity = store.identity
-    state = {"default": {identity.replica: (5, 2), "peer/x": (1, 0)}, "b": {"peer/x": (0, MAX_SLOT)}}
-    assert await store.save(state) is None
-    await store.stop()
-    assert reopen_and_load(tmp_path) == (identity, state)
+# Commits.
 
 
-@pytest_twisted.ensureDeferred
-async def test_other_node_id_keeps_old_slots(tmp_path, start_store):
-    """Under a new node id the old replica's slots stay, as state like any other."""
-    store = start_store()
-    old = store.identity.replica
-    await store.save({"default": {old: (7, 1)}})
-    await store.stop()
-    identity, state = reopen_and_load(tmp_path, OTHER)
-    assert identity.replica != old
-    assert state == {"default": {old: (7, 1)}}
+def test_saved_slots_load_back(tmp_path):
+    """Slots saved are there when the directory is reopened."""
+    store, worker = opened(tmp_path)
+    replica = store.identity.replica
+    state = {"default": {replica: (5, 2), "peer/x": (1, 0)}, "b": {"peer/x": (0, MAX_SLOT)}}
+    saved(store, worker, state)
+    close(store)
+    assert reopen_and_load(tmp_path)[1] == state
 
 
-@pytest_twisted.ensureDeferred
-async def test_slots_keep_the_maximum(tmp_path, start_store):
+def test_slots_keep_the_maximum(tmp_path):
     """Each stored slot keeps the max of P and of N, within and across transactions."""
-    store = start_store()
-    await store.save({"c": {"r": (5, 1)}})
-    await store.save({"c": {"r": (3, 4)}})  # a later, partly smaller slot
-    # Several saves in one transaction.
-    await gatherResults([store.save({"c": {"s": (9, 0)}}), store.save({"c": {"s": (2, 6)}})])
-    await store.save({"c": {"r": (0, 0)}})
+    store, worker = opened(tmp_path)
+    saved(store, worker, {"c": {"r": (5, 1)}})
+    saved(store, worker, {"c": {"r": (3, 4)}})  # a later, partly smaller slot
+    both = [store.save({"c": {"s": (9, 0)}}), store.save({"c": {"s": (2, 6)}})]
+    worker.run_all()
+    assert [result_of(d) for d in both] == [None, None]
+    saved(store, worker, {"c": {"r": (0, 0)}})
     assert store.load() == {"c": {"r": (5, 4), "s": (9, 6)}}
-    await store.stop()
+    close(store)
 
 
-@pytest_twisted.ensureDeferred
-async def test_saves_while_committing_become_one_transaction(tmp_path, start_store):
+def test_saves_while_committing_become_one_transaction(tmp_path):
     """
     While one transaction commits, every save that arrives joins the next
     one: twenty saves are two transactions, the second holding each slot's
     maximum.
     """
-    store = start_store()
-    batches = record_transactions(store)
+    store, worker = opened(tmp_path)
     first = store.save({"c": {"r": (1, 0)}})
     rest = [store.save({"c": {"r": (i, i % 3)}, "d": {f"r{i % 2}": (i, 0)}}) for i in range(2, 21)]
-    assert await gatherResults([first, *rest]) == [None] * 20
-    assert batches == [
+    assert len(worker.jobs) == 1
+    worker.run_next()
+    assert result_of(first) is None
+    assert not any(d.called for d in rest)
+    worker.run_next()
+    assert [result_of(d) for d in rest] == [None] * 19
+    assert worker.transactions == [
         [("c", "r", 1, 0)],
         [("c", "r", 20, 2), ("d", "r0", 20, 0), ("d", "r1", 19, 0)],
     ]
     # A save after all that is its own transaction.
-    await store.save({"c": {"r": (21, 0)}})
-    assert len(batches) == 3
-    await store.stop()
+    saved(store, worker, {"c": {"r": (21, 0)}})
+    assert len(worker.transactions) == 3
+    close(store)
 
 
-@pytest_twisted.ensureDeferred
-async def test_save_fires_only_after_commit(tmp_path, start_store):
-    """A save's Deferred has not fired when save() returns: the commit is on another thread."""
-    store = start_store()
-    saved = store.save({"c": {"r": (1, 0)}})
-    assert not saved.called
-    await saved
-    # Visible to another connection once acknowledged.
+def test_save_fires_only_after_commit(tmp_path):
+    """A save's Deferred fires once its transaction commits, and it is visible to others then."""
+    store, worker = opened(tmp_path)
+    d = store.save({"c": {"r": (1, 0)}})
+    assert not d.called
+    worker.run_next()
+    assert result_of(d) is None
     other = sqlite3.connect(str(tmp_path / "dcounter.sqlite3"))
     try:
         assert other.execute("SELECT counter, replica, p, n FROM slots").fetchall() == [("c", "r", 1, 0)]
     finally:
         other.close()
-    await store.stop()
+    close(store)
 
 
-@pytest_twisted.ensureDeferred
-async def test_saves_made_from_save_callbacks_are_group_committed(tmp_path, start_store):
+def test_saves_made_from_save_callbacks_are_group_committed(tmp_path):
     """
     Saves made by the callbacks of one transaction's waiters (a client
     resuming after its write is durable) all wait for one next
     transaction, never start overlapping ones.
     """
-    store = start_store()
-    batches = record_transactions(store)
+    store, worker = opened(tmp_path)
     follow_ups = []
 
     def save_again(_, replica):
         follow_ups.append(store.save({"c": {replica: (1, 0)}}))
 
-    first = store.save({"c": {"r": (1, 0)}})
-    second = store.save({"c": {"r": (2, 0)}}).addCallback(save_again, "x")
-    third = store.save({"c": {"r": (3, 0)}}).addCallback(save_again, "y")
-    await gatherResults([first, second, third])
-    await gatherResults(follow_ups)
-    assert batches == [
+    store.save({"c": {"r": (1, 0)}})
+    store.save({"c": {"r": (2, 0)}}).addCallback(save_again, "x")
+    store.save({"c": {"r": (3, 0)}}).addCallback(save_again, "y")
+    worker.run_next()
+    worker.run_next()
+    assert len(worker.jobs) == 1
+    worker.run_next()
+    assert [result_of(d) for d in follow_ups] == [None, None]
+    assert worker.transactions == [
         [("c", "r", 1, 0)],
         [("c", "r", 3, 0)],
         [("c", "x", 1, 0), ("c", "y", 1, 0)],
     ]
-    await store.stop()
+    close(store)
 
 
-@pytest_twisted.ensureDeferred
-async def test_stop_waits_for_pending_commits(tmp_path, start_store):
+def test_stop_waits_for_pending_commits(tmp_path):
     """stop() fires after every save made before it is committed and acknowledged."""
-    store = start_store()
+    store, worker = opened(tmp_path)
     events: list[object] = []
-    saves = [
-        store.save({"c": {"r": (i, 0)}}).addCallback(lambda _, i=i: events.append(i)) for i in range(1, 6)
-    ]
+    for i in range(1, 6):
+        store.save({"c": {"r": (i, 0)}}).addCallback(lambda _, i=i: events.append(i))
     stopped = store.stop().addCallback(lambda _: events.append("stopped"))
     assert not stopped.called
-    await stopped
-    assert all(d.called for d in saves)
+    worker.run_all()
+    assert stopped.called
     assert events == [1, 2, 3, 4, 5, "stopped"]
+    assert not worker.running
     assert reopen_and_load(tmp_path)[1] == {"c": {"r": (5, 0)}}
 
 
-@pytest_twisted.ensureDeferred
-async def test_stop_waits_for_saves_made_while_stopping(tmp_path, start_store):
+def test_stop_waits_for_saves_made_while_stopping(tmp_path):
     """A save made by a waiter's callback while stopping is committed before stop() fires."""
-    store = start_store()
+    store, worker = opened(tmp_path)
     events: list[object] = []
 
     def save_again(_):
@@ -298,39 +273,36 @@ async def test_stop_waits_for_saves_made_while_stopping(tmp_path, start_store):
 
     store.save({"c": {"r": (1, 0)}})
     store.save({"c": {"r": (2, 0)}}).addCallback(save_again)
-    await store.stop().addCallback(lambda _: events.append("stopped"))
+    store.stop().addCallback(lambda _: events.append("stopped"))
+    worker.run_all()
     assert events == ["late", "stopped"]
     assert reopen_and_load(tmp_path)[1] == {"c": {"r": (2, 0), "late": (1, 0)}}
 
 
-@pytest_twisted.ensureDeferred
-async def test_failed_commit_fails_its_waiters_only(tmp_path, start_store):
+def test_save_after_stop_fails_instead_of_hanging(tmp_path):
+    """Once stopped, a save fails at once with StoreError; nothing is queued."""
+    store, worker = opened(tmp_path)
+    close(store)
+    failure = failure_of(store.save({"c": {"r": (1, 0)}}))
+    failure.trap(StoreError)
+    assert "stopped" in str(failure.value)
+    assert worker.jobs == []
+
+
+def test_failed_commit_fails_its_waiters_only(tmp_path):
     """A transaction that fails errbacks its saves with StoreError; later saves still commit."""
-    store = start_store()
+    store, worker = opened(tmp_path)
     saboteur = sqlite3.connect(str(tmp_path / "dcounter.sqlite3"), isolation_level=None)
     saboteur.execute(
         "CREATE TRIGGER refuse BEFORE INSERT ON slots WHEN NEW.counter = 'bad'"
         " BEGIN SELECT RAISE(ABORT, 'refused'); END"
     )
     saboteur.close()
-    await store.save({"c": {"r": (1, 0)}})
-    with pytest.raises(StoreError, match="refused"):
-        await store.save({"bad": {"r": (1, 0)}, "c": {"r": (2, 0)}})
-    await store.save({"c": {"s": (1, 0)}})
+    saved(store, worker, {"c": {"r": (1, 0)}})
+    bad = store.save({"bad": {"r": (1, 0)}, "c": {"r": (2, 0)}})
+    worker.run_all()
+    failure_of(bad).trap(StoreError)
+    saved(store, worker, {"c": {"s": (1, 0)}})
     # The failed transaction left nothing behind.
     assert store.load() == {"c": {"r": (1, 0), "s": (1, 0)}}
-    await store.stop()
-
-
-@pytest_twisted.ensureDeferred
-async def test_store_service_runs_the_writer(tmp_path, start_store):
-    """StoreService starts the writer with the service and waits for commits on stop."""
-    store = start_store(writer=False)
-    service = StoreService(store)
-    service.startService()
-    assert service.running
-    saved = store.save({"c": {"r": (4, 0)}})
-    await service.stopService()
-    assert saved.called
-    assert not service.running
-    assert reopen_and_load(tmp_path)[1] == {"c": {"r": (4, 0)}}
+    close(store)

@@ -18,8 +18,10 @@ from twisted.python.usage import UsageError
 from dcounter.api import CounterSite
 from dcounter.discovery import Discovery, DNSJoin
 from dcounter.health import HealthChecker
+from dcounter.node import NodeStateService
 from dcounter.replication import Replicator
-from dcounter.store import MemoryStore, SQLiteStore, StoreService
+from dcounter.service import StopInOrder
+from dcounter.store import MemoryStore, SQLiteStore
 from dcounter.tap import Options, makeService
 
 ADVERTISE = ["--advertise", "10.0.0.1:9100"]
@@ -176,11 +178,16 @@ def build(*args: str) -> tuple[MultiService, MemoryReactorClock]:
 
 
 def test_make_service_composition() -> None:
-    """The store first, then HTTP, replication, health checks and discovery."""
+    """
+    The node and its store first, then replication, HTTP, health checks and
+    discovery, under a service that stops them one by one in reverse: HTTP
+    stops taking writes before the last push, the store commits last.
+    """
     service, _ = build()
+    assert isinstance(service, StopInOrder)
     kinds = [type(s) for s in children(service)]
-    assert kinds == [StoreService, StreamServerEndpointService, Replicator, HealthChecker, Discovery]
-    assert isinstance(children(service)[0].store, MemoryStore)
+    assert kinds == [NodeStateService, Replicator, StreamServerEndpointService, HealthChecker, Discovery]
+    assert isinstance(children(service)[0].node.store, MemoryStore)
     assert not service.running  # built, not started: nothing listens
 
 
@@ -189,7 +196,7 @@ def test_make_service_without_discovery() -> None:
     service, _ = build("--no-discovery")
     kinds = [type(s) for s in children(service)]
     assert Discovery not in kinds
-    assert kinds == [StoreService, StreamServerEndpointService, Replicator, HealthChecker]
+    assert kinds == [NodeStateService, Replicator, StreamServerEndpointService, HealthChecker]
 
 
 def test_make_service_with_dns() -> None:
@@ -218,7 +225,7 @@ def test_make_service_settings_reach_the_parts() -> None:
         "--announce-interval",
         "4",
     )
-    _, _, replicator, health, discovery = children(service)
+    _, replicator, _, health, discovery = children(service)
     assert health.seeds == ["10.0.0.2:9100"]
     assert health.step == 0.5
     assert health.clock is reactor
@@ -233,7 +240,7 @@ def test_make_service_settings_reach_the_parts() -> None:
 def test_make_service_listens_on_the_given_reactor() -> None:
     """The HTTP service listens through the reactor passed in, not the global one."""
     service, reactor = build("--listen", "tcp:9100:interface=127.0.0.1")
-    http = children(service)[1]
+    http = children(service)[2]
     assert http.endpoint._reactor is reactor
     http.startService()
     ((port, factory, _, interface),) = reactor.tcpServers
@@ -244,13 +251,16 @@ def test_make_service_listens_on_the_given_reactor() -> None:
 
 
 def test_make_service_with_data_dir(tmp_path: Path) -> None:
-    """Without --in-memory the store is SQLite in the data directory."""
+    """
+    Without --in-memory the store is SQLite in the data directory, opened
+    when the service starts (twistd forks between makeService and that).
+    """
     reactor = MemoryReactorClock()
     options = parse(*ADVERTISE, "--data-dir", str(tmp_path / "data"))
     service = makeService(options, reactor=reactor)
-    store = children(service)[0].store
+    store = children(service)[0].node.store
     assert isinstance(store, SQLiteStore)
-    assert (tmp_path / "data" / "dcounter.sqlite3").exists()
+    assert not (tmp_path / "data" / "dcounter.sqlite3").exists()
     store.stop()
 
 
@@ -258,7 +268,7 @@ def test_make_service_refuses_a_locked_data_dir(tmp_path: Path) -> None:
     """A data directory in use by another node stops makeService with a message."""
     reactor = MemoryReactorClock()
     options = parse(*ADVERTISE, "--data-dir", str(tmp_path))
-    first = children(makeService(options, reactor=reactor))[0].store
+    first = children(makeService(options, reactor=reactor))[0].node.store
     with pytest.raises(SystemExit, match="locked"):
         makeService(parse(*ADVERTISE, "--data-dir", str(tmp_path)), reactor=reactor)
     first.stop()

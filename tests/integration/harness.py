@@ -156,6 +156,15 @@ class Node:
     def stop(self) -> None:
         self.kill(signal.SIGTERM)
 
+    def pause(self) -> None:
+        """SIGSTOP: the process stays, and its sockets, but it does nothing."""
+        assert self.process is not None and self.process.poll() is None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
     def log(self) -> str:
         try:
             return self.log_path.read_text()

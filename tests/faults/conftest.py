@@ -1,0 +1,3 @@
+from tests.integration.conftest import cluster, pytest_runtest_makereport
+
+__all__ = ["cluster", "pytest_runtest_makereport"]
