@@ -20,6 +20,14 @@ whole state that came before.
 
 Gossip: every sync carries the sender's live peers, and names we do not know
 are handed to admission, so a node that knows one member learns all.
+
+Write concern: the replicator knows how much of this node's own slots each
+peer holds (what it acknowledged in a push or push-pull, or sent us), so a
+write can wait until N peers hold it (L{Replicator.replicated}).
+
+Graceful stop: on stop, every live peer that does not hold all of this
+node's own slots yet gets one last push, for a bounded time; whatever could
+not be delivered is logged.
 """
 
 from __future__ import annotations
@@ -29,13 +37,13 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application.internet import TimerService
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 
 from dcounter import digest, wire
 from dcounter.admission import Admission
 from dcounter.client import PeerClient, PeerError
-from dcounter.counter import SlotKey
+from dcounter.counter import Slot, SlotKey, State
 from dcounter.membership import Membership, PeerState
 from dcounter.node import Node
 
@@ -52,6 +60,19 @@ class NotMember(Exception):
     """
 
 
+def _covers(held: Slot | None, slot: Slot) -> bool:
+    return held is not None and held[0] >= slot[0] and held[1] >= slot[1]
+
+
+class _Waiter:
+    def __init__(self, key: SlotKey, slot: Slot, needed: int) -> None:
+        self.key = key
+        self.slot = slot
+        self.needed = needed
+        self.done: Deferred[int] = Deferred()
+        self.timer: Any = None
+
+
 class Replicator(TimerService):
     log = Logger()
 
@@ -66,6 +87,7 @@ class Replicator(TimerService):
         interval: float = 2.0,
         rng: random.Random | None = None,
         admission: Admission | None = None,
+        stop_timeout: float = 3.0,
     ) -> None:
         self.node = node
         self.admission = admission or Admission(membership, node.cluster)
@@ -80,13 +102,128 @@ class Replicator(TimerService):
         self._flush_call: Any = None
         #: The digest of our outgoing state, and the node's version it is of.
         self._digest: tuple[int, bytes] | None = None
+        #: peer -> how much of each of this node's own slots it holds
+        self._holds: dict[str, dict[SlotKey, Slot]] = {}
+        self._waiters: list[_Waiter] = []
+        self.stop_timeout = stop_timeout
         node.subscribe(self.local_write)
         membership.subscribe(self._peer_changed)
 
     def stopService(self) -> Deferred[None]:
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
-        return super().stopService()
+        timer = super().stopService()
+
+        async def stop() -> None:
+            await self.deliver_pending()
+            await timer
+
+        return Deferred.fromCoroutine(stop())
+
+    async def deliver_pending(self) -> None:
+        """
+        Push to every live peer what it does not hold yet of this node's own
+        slots, waiting at most C{stop_timeout}; log what was not delivered.
+        """
+        sends = {peer: self._missing(peer) for peer in self.membership.live()}
+        sends = {peer: keys for peer, keys in sends.items() if keys}
+        if not sends:
+            return
+        peers = list(sends)
+        pushes = [
+            self._send(peer, self.node.outgoing(sends[peer])).addTimeout(self.stop_timeout, self.clock)
+            for peer in peers
+        ]
+        results = await DeferredList(pushes, consumeErrors=True)
+        for peer, (ok, result) in zip(peers, results, strict=True):
+            if ok:
+                continue
+            missing = self._missing(peer)
+            if missing:
+                self.log.warn(
+                    "on stop, could not deliver {increments} increments and decrements in {counters} "
+                    "counters to {peer}: {reason}; they reach it from the other peers, or when this "
+                    "node comes back",
+                    increments=self._shortfall(peer, missing),
+                    counters=len(missing),
+                    peer=peer,
+                    reason=getattr(result, "value", result),
+                )
+        delivered = ", ".join(peer for peer, (ok, _) in zip(peers, results, strict=True) if ok)
+        self.log.info("on stop, pushed this node's last writes to {peers}", peers=delivered or "none")
+
+    def _missing(self, peer: str) -> set[SlotKey]:
+        """This node's own durable slots that C{peer} is not known to hold."""
+        held = self._holds.get(peer, {})
+        replica = self.node.replica
+        return {
+            (name, replica)
+            for name, slot in self.node.own_slots().items()
+            if not _covers(held.get((name, replica)), slot)
+        }
+
+    def _shortfall(self, peer: str, keys: set[SlotKey]) -> int:
+        own, held = self.node.own_slots(), self._holds.get(peer, {})
+        total = 0
+        for key in keys:
+            p, n = own[key[0]]
+            hp, hn = held.get(key, (0, 0))
+            total += max(p - hp, 0) + max(n - hn, 0)
+        return total
+
+    # Write concern.
+
+    def _record_held(self, peer: str, state: State) -> None:
+        """C{peer} holds at least C{state}: note it for this node's own slots."""
+        replica = self.node.replica
+        held = None
+        for name, slots in state.items():
+            slot = slots.get(replica)
+            if slot is None:
+                continue
+            if held is None:
+                held = self._holds.setdefault(peer, {})
+            old = held.get((name, replica), (0, 0))
+            held[(name, replica)] = (max(old[0], slot[0]), max(old[1], slot[1]))
+        if held is not None and self._waiters:
+            for waiter in list(self._waiters):
+                self._check(waiter)
+
+    def holders(self, key: SlotKey, slot: Slot) -> int:
+        """How many peers are known to hold at least C{slot} of C{key}."""
+        return sum(_covers(held.get(key), slot) for held in self._holds.values())
+
+    def replicated(self, key: SlotKey, slot: Slot, needed: int | None, timeout: float) -> Deferred[int]:
+        """
+        Wait until C{needed} peers (None: every peer live now) hold at least
+        C{slot} of this node's own slot C{key}, or C{timeout} seconds.
+
+        @return: a Deferred firing with how many peers hold it (then: fewer
+            than needed if the time ran out).
+        """
+        if needed is None:
+            needed = len(self.membership.live())
+        waiter = _Waiter(key, slot, needed)
+        if self._check(waiter):
+            return waiter.done
+        self._waiters.append(waiter)
+
+        def expire() -> None:
+            self._waiters.remove(waiter)
+            waiter.done.callback(self.holders(key, slot))
+
+        waiter.timer = self.clock.callLater(timeout, expire)
+        return waiter.done
+
+    def _check(self, waiter: _Waiter) -> bool:
+        count = self.holders(waiter.key, waiter.slot)
+        if count < waiter.needed:
+            return False
+        if waiter.timer is not None:
+            waiter.timer.cancel()
+            self._waiters.remove(waiter)
+        waiter.done.callback(count)
+        return True
 
     # Outgoing.
 
@@ -116,9 +253,18 @@ class Replicator(TimerService):
                 self._outbox[peer] = set()
                 self._push(peer, keys)
 
+    def _send(self, peer: str, state: State) -> Deferred[wire.Sync | None]:
+        """Push C{state} to C{peer}; once it acknowledges, it holds it."""
+
+        def held(reply: wire.Sync | None) -> wire.Sync | None:
+            self._record_held(peer, state)
+            return reply
+
+        return self.client.sync(peer, self._message(state, reply=False)).addCallback(held)
+
     def _push(self, peer: str, keys: set[SlotKey]) -> None:
         self._in_flight.add(peer)
-        d = self.client.sync(peer, self._message(self.node.outgoing(keys), reply=False))
+        d = self._send(peer, self.node.outgoing(keys))
 
         def sent(_: object) -> None:
             self._in_flight.discard(peer)
@@ -193,9 +339,11 @@ class Replicator(TimerService):
         Push-pull whole state with C{peer}: anti-entropy with a node that
         does not know /digest.
         """
-        d = self.client.sync(peer, self._message(self.node.outgoing(), reply=True))
+        state = self.node.outgoing()
+        d = self.client.sync(peer, self._message(state, reply=True))
 
         def merge(reply: wire.Sync | None) -> None:
+            self._record_held(peer, state)
             if reply is not None:
                 self.received(reply)
 
@@ -223,6 +371,8 @@ class Replicator(TimerService):
             self.exchange(peer)
         elif new in (None, PeerState.DEAD):
             self._outbox.pop(peer, None)
+        if new is None:
+            self._holds.pop(peer, None)
 
     # Incoming.
 
@@ -240,6 +390,7 @@ class Replicator(TimerService):
         """
         self._admitted(sync.cluster, sync.sender)
         self.node.merge(sync.state)
+        self._record_held(sync.sender, sync.state)
         self._heard(sync.sender, sync.incarnation, sync.members)
         if sync.reply:
             return self._message(self.node.outgoing(), reply=False)

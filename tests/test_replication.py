@@ -6,11 +6,12 @@ flight per peer, retries, anti-entropy push-pull, and gossip.
 from __future__ import annotations
 
 import pytest
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 
 from dcounter import wire
 from dcounter.membership import PeerState
 from dcounter.replication import NotMember
-from tests.support import CLUSTER, Network, Sent, TestNode
+from tests.support import CLUSTER, Network, Sent, TestNode, result_of
 
 
 def pushes(net: Network, to: str | None = None, sender: str | None = None) -> list[Sent]:
@@ -316,17 +317,31 @@ def test_anti_entropy_never_raises() -> None:
     a.replicator.stopService()
 
 
-def test_stop_cancels_pending_flush() -> None:
-    """Stopping the replicator cancels a flush not yet run."""
+def test_stop_pushes_pending_writes_once() -> None:
+    """
+    Stopping the replicator cancels the flush not yet run and pushes what
+    each live peer does not hold yet, once; stop fires when they answered.
+    """
     net = Network()
-    a, b = net.add_many(2)
+    a, b, c = net.add_many(3)
     net.mesh()
     a.replicator.startService()
-    a.increment()
+    net.settle()
+    before = len(pushes(net, sender=a.id))
+    a.increment(2)
+    stopped = a.replicator.stopService()
+    net.settle()
+    assert stopped.called
+    assert len(pushes(net, sender=a.id)) - before == 2
+    assert counts([b, c]) == [2, 2]
+    assert net.clock.getDelayedCalls() == []
+    # Nothing more to say: a second stop sends nothing.
+    a.replicator.startService()
+    net.settle()
+    sent = len(pushes(net, sender=a.id))
     a.replicator.stopService()
     net.settle()
-    assert pushes(net, to=b.id) == []
-    assert net.clock.getDelayedCalls() == []
+    assert len(pushes(net, sender=a.id)) == sent
 
 
 def test_sync_from_a_stranger_changes_nothing_and_considers_it() -> None:
@@ -368,3 +383,60 @@ def test_sync_from_an_unreachable_claimed_sender_changes_nothing() -> None:
     net.settle()
     assert "ghost" not in a.node.counters
     assert a.membership.known() == []
+
+
+def test_stop_waits_a_bounded_time_and_logs_what_was_not_delivered() -> None:
+    """
+    A peer that does not answer the last push holds up stop for
+    C{stop_timeout} at most; the log says what it did not get.
+    """
+    net = Network()
+    a, b, c = net.add_many(3)
+    net.mesh()
+    a.replicator.stop_timeout = 2.0
+    a.replicator.startService()
+    net.settle()
+    net.hold(c.id)
+    a.increment(3)
+    with capturedLogs() as events:
+        stopped = a.replicator.stopService()
+        net.settle()
+        assert not stopped.called
+        net.clock.advance(0.7)  # the client's own timeout (0.75 s) is shorter
+        net.clock.advance(0.1)
+        net.settle()
+    assert stopped.called
+    assert counts([b]) == [3]
+    warnings = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+    assert len(warnings) == 1
+    assert f"could not deliver 3 increments and decrements in 1 counters to {c.id}" in warnings[0]
+
+
+def test_write_concern_counts_peers_that_hold_the_write() -> None:
+    """
+    replicated() fires once N peers acknowledged a push (or push-pull)
+    holding the write, or at the timeout with how many did.
+    """
+    net = Network()
+    a, b, c = net.add_many(3)
+    net.mesh()
+    net.hold(c.id)
+    a.increment(1)
+    key, slot = ("default", a.node.replica), a.node.own_slot("default")
+    one = a.replicator.replicated(key, slot, 1, timeout=5.0)
+    both = a.replicator.replicated(key, slot, None, timeout=5.0)  # every live peer: 2
+    net.settle()
+    assert result_of(one) == 1
+    assert not both.called
+    net.release(c.id)
+    net.advance(2.0)  # the held push timed out; anti-entropy or the retry delivers
+    assert result_of(both) == 2
+    # Unreachable peers: the time runs out, with how many hold it.
+    net.cut(b.id)
+    net.cut(c.id)
+    a.increment(1)
+    slot = a.node.own_slot("default")
+    late = a.replicator.replicated(key, slot, 2, timeout=1.0)
+    net.advance(1.0)
+    assert result_of(late) == 0
+    assert a.replicator.replicated(key, (0, 0), 0, timeout=1.0).called
