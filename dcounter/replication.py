@@ -193,16 +193,14 @@ class Replicator(TimerService):
         """How many peers are known to hold at least C{slot} of C{key}."""
         return sum(_covers(held.get(key), slot) for held in self._holds.values())
 
-    def replicated(self, key: SlotKey, slot: Slot, needed: int | None, timeout: float) -> Deferred[int]:
+    def replicated(self, key: SlotKey, slot: Slot, needed: int, timeout: float) -> Deferred[int]:
         """
-        Wait until C{needed} peers (None: every peer live now) hold at least
-        C{slot} of this node's own slot C{key}, or C{timeout} seconds.
+        Wait until C{needed} peers hold at least C{slot} of this node's own
+        slot C{key}, or C{timeout} seconds.
 
         @return: a Deferred firing with how many peers hold it (then: fewer
             than needed if the time ran out).
         """
-        if needed is None:
-            needed = len(self.membership.live())
         waiter = _Waiter(key, slot, needed)
         if self._check(waiter):
             return waiter.done

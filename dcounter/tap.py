@@ -162,6 +162,34 @@ class Options(usage.Options):
             _float("--health-interval", 0.05),
         ],
         [
+            "probe-timeout",
+            None,
+            2.0,
+            "Seconds a peer has to answer a probe or a push.",
+            _float("--probe-timeout", 0.05),
+        ],
+        [
+            "suspect-after",
+            None,
+            2,
+            "Failed probes in a row that make a peer suspect.",
+            _positive_int("--suspect-after"),
+        ],
+        [
+            "dead-after",
+            None,
+            2,
+            "Failed probes in a row that make a peer dead.",
+            _positive_int("--dead-after"),
+        ],
+        [
+            "wait-timeout",
+            None,
+            5.0,
+            "Seconds a write with ?wait=N waits for N peers to hold it.",
+            _float("--wait-timeout", 0.0),
+        ],
+        [
             "anti-entropy-interval",
             None,
             2.0,
@@ -304,6 +332,8 @@ class Options(usage.Options):
         for token in ("admin-token", "client-token"):
             if self[token] is not None and len(self[token]) < keyring.MIN_KEY_BYTES:
                 raise usage.UsageError(f"--{token} must be at least {keyring.MIN_KEY_BYTES} characters")
+        if self["suspect-after"] > self["dead-after"]:
+            raise usage.UsageError("--suspect-after must not be more than --dead-after")
         if self["in-memory"] and self["data-dir"] is not None:
             raise usage.UsageError("--data-dir and --in-memory cannot be used together")
         if not self["in-memory"] and self["data-dir"] is None:
@@ -366,16 +396,16 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     )
     node = Node(store, options["cluster"], reactor, max_counters=options["max-counters"])
     NodeStateService(node).setServiceParent(top)
-    membership = Membership(node_id)
+    membership = Membership(node_id, suspect_after=options["suspect-after"], dead_after=options["dead-after"])
     keys = keyring.Keyring(options["keys"])
     guard = keyring.Guard(keys, node_id)
     if options["secret-file"] is not None:
         KeyReloader(options, keys, reactor).setServiceParent(top)
-    interval = options["health-interval"]
+    interval, timeout = options["health-interval"], options["probe-timeout"]
     client = PeerClient(
-        _http_client(reactor, timeout=interval * 0.75),
+        _http_client(reactor, timeout=timeout),
         reactor,
-        timeout=interval * 0.75,
+        timeout=timeout,
         metrics=metrics,
         guard=guard,
     )
@@ -423,6 +453,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         guard=guard,
         admin_token=options["admin-token"],
         client_token=options["client-token"],
+        wait_timeout=options["wait-timeout"],
     )
     site = CounterSite(api, options["access-log"], reactor)
     replicator.setServiceParent(top)

@@ -166,6 +166,27 @@ def batch_body(body: bytes) -> dict[str, int]:
     return obj
 
 
+#: The most peers a write may ask to wait for (?wait=N).
+MAX_WAIT = 1000
+
+
+def write_concern(values: list[bytes] | None) -> int | str | None:
+    """
+    The C{wait} query parameter of a write: None (absent), a number of
+    peers from 0 to L{MAX_WAIT}, or C{"all"} (every peer live at the time).
+    """
+    if values is None:
+        return None
+    if len(values) != 1:
+        raise MalformedMessage("give 'wait' at most once")
+    value = values[0].decode("ascii", "replace")
+    if value == "all":
+        return value
+    if not value.isdecimal() or int(value) > MAX_WAIT:
+        raise MalformedMessage(f"'wait' must be a number of peers from 0 to {MAX_WAIT}, or 'all'")
+    return int(value)
+
+
 def id_body(body: bytes) -> str:
     """
     The body of /register and /remove-peer: C{{"id": "HOST:PORT"}}.

@@ -5,6 +5,9 @@ resource of an in-memory node.
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import fail
@@ -680,3 +683,62 @@ def test_site_refuses_huge_chunked_body(a: TestNode) -> None:
     assert written.startswith(b"HTTP/1.1 413 ")
     assert closed
     assert a.count() == 0
+
+
+# Write concern.
+
+
+@pytest.fixture
+def trio(net: Network) -> list[TestNode]:
+    nodes = net.add_many(3)
+    net.mesh()
+    return nodes
+
+
+def answer(net: Network, d: Any) -> Reply:
+    response = result_of(d)
+    body = result_of(response.content())
+    return Reply(response.code, response.headers, json.loads(body))
+
+
+@pytest.mark.parametrize("path", ["/increment", "/counters/hits/increment", "/counters/hits/decrement"])
+def test_write_waits_for_peers(net: Network, trio: list[TestNode], path: str) -> None:
+    """?wait=N and ?wait=all answer once that many peers hold the write, and say how many do."""
+    a, b, c = trio
+    for query, wanted in (("wait=1", 1), ("wait=2", 2), ("wait=all", 2), ("wait=0", 0)):
+        reply = post(net, f"{path}?{query}")
+        assert reply.code == 200, reply
+        assert reply.json["replicated"] >= wanted
+        assert reply.json["wait"] == wanted
+    name = "hits" if "hits" in path else "default"
+    assert b.count(name) == c.count(name) == a.count(name)
+
+
+def test_write_concern_timeout_is_504_and_still_counts(net: Network, trio: list[TestNode]) -> None:
+    """
+    A write that fewer peers than asked hold within --wait-timeout answers
+    504 with the count and how many peers hold it; it counts all the same.
+    """
+    a, b, c = trio
+    net.cut(c.id)
+    d = net.request("POST", f"http://{a.id}/increment?wait=2")
+    answered: list[object] = []
+    d.addCallback(lambda response: answered.append(response) or response)
+    net.settle()
+    assert answered == []
+    net.advance(a.api.wait_timeout)
+    reply = answer(net, d)
+    assert reply.code == 504
+    assert_json(reply)
+    assert (reply.json["count"], reply.json["replicated"], reply.json["wait"]) == (1, 1, 2)
+    assert "counts" in reply.json["error"]
+    assert a.count() == b.count() == 1
+
+
+@pytest.mark.parametrize("query", ["wait=-1", "wait=x", "wait=1001", "wait=1&wait=2", "wait=", "wait=١"])
+def test_bad_write_concern_changes_nothing(net: Network, a: TestNode, query: str) -> None:
+    """A bad ?wait is a 400, and the write is not made."""
+    assert_error(post(net, f"/increment?{query}"), 400)
+    assert_error(post(net, f"/counters/hits/increment?{query}"), 400)
+    assert get(net, "/count").json["count"] == 0
+    assert "hits" not in a.node.counters

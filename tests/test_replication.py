@@ -424,7 +424,7 @@ def test_write_concern_counts_peers_that_hold_the_write() -> None:
     a.increment(1)
     key, slot = ("default", a.node.replica), a.node.own_slot("default")
     one = a.replicator.replicated(key, slot, 1, timeout=5.0)
-    both = a.replicator.replicated(key, slot, None, timeout=5.0)  # every live peer: 2
+    both = a.replicator.replicated(key, slot, 2, timeout=5.0)
     net.settle()
     assert result_of(one) == 1
     assert not both.called

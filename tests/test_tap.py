@@ -155,6 +155,42 @@ def test_bad_cluster(value: str) -> None:
         parse(*ADVERTISE, "--cluster", value)
 
 
+def test_failure_detector_options_reach_the_parts() -> None:
+    """--probe-timeout, --suspect-after and --dead-after are passed on."""
+    service, _ = build(
+        "--probe-timeout", "1.5", "--suspect-after", "1", "--dead-after", "3", "--wait-timeout", "2"
+    )
+    _, replicator, _, health, _ = children(service)
+    assert replicator.client.timeout == health.client.timeout == 1.5
+    assert (replicator.membership.suspect_after, replicator.membership.dead_after) == (1, 3)
+
+
+def test_failure_detector_defaults() -> None:
+    """
+    By default a peer is suspect and dead after two failed probes of 2 s
+    each: saturated peers answer within that (benchmarks/false_suspicions.py),
+    and a killed node, whose probes are refused at once, leaves /peers in
+    about two probe intervals.
+    """
+    o = parse(*ADVERTISE)
+    assert (o["probe-timeout"], o["suspect-after"], o["dead-after"], o["wait-timeout"]) == (2.0, 2, 2, 5.0)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--suspect-after", "3", "--dead-after", "2"],
+        ["--suspect-after", "0"],
+        ["--dead-after", "x"],
+        ["--probe-timeout", "0"],
+        ["--wait-timeout", "-1"],
+    ],
+)
+def test_bad_failure_detector_options(args: list[str]) -> None:
+    with pytest.raises(UsageError):
+        parse(*ADVERTISE, *args)
+
+
 @pytest.mark.parametrize("option", ["--health-interval", "--announce-interval", "--anti-entropy-interval"])
 def test_bad_intervals(option: str) -> None:
     """Intervals must be numbers of at least 0.05 s."""

@@ -28,6 +28,7 @@ def main() -> None:
     parser.add_argument("--read-every", type=int, default=4, help="one read per this many increments")
     parser.add_argument("--pause", type=float, default=0.002, help="seconds between a thread's operations")
     parser.add_argument("--timeout", type=float, default=3.0)
+    parser.add_argument("--wait", default="", help="write concern: ?wait= on every increment")
     args = parser.parse_args()
 
     stopping = threading.Event()
@@ -46,7 +47,7 @@ def main() -> None:
             if n % args.read_every == 0:
                 record(read(args.node, args.url, args.timeout))
             else:
-                record(increment(args.node, args.url, 1, args.timeout))
+                record(increment(args.node, args.url, 1, args.timeout, args.wait))
             time.sleep(args.pause)
 
     threads = [threading.Thread(target=worker) for _ in range(args.threads)]

@@ -1,3 +1,16 @@
-from tests.integration.conftest import cluster, pytest_runtest_makereport
+from collections.abc import Iterator
 
-__all__ = ["cluster", "pytest_runtest_makereport"]
+import pytest
+
+from tests.integration.conftest import cluster, pytest_runtest_makereport
+from tests.integration.netns import Network, require_netns
+
+__all__ = ["cluster", "network", "pytest_runtest_makereport"]
+
+
+@pytest.fixture
+def network() -> Iterator[Network]:
+    """Three hosts on a bridge, in network namespaces (root; CI fails without)."""
+    require_netns()
+    with Network(3) as net:
+        yield net

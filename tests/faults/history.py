@@ -46,6 +46,7 @@ class Op:
     type: str = ""  #: OK, FAIL or UNKNOWN once complete
     by: int = 0  #: for an add
     value: int | None = None  #: what a read saw, or the count an add answered
+    status: int | None = None  #: the HTTP status, if there was an answer
 
 
 def call(node: str, method: str, url: str, f: str, by: int = 1, timeout: float = 3.0) -> Op:
@@ -59,9 +60,11 @@ def call(node: str, method: str, url: str, f: str, by: int = 1, timeout: float =
         request.add_header("Content-Type", "application/json")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
+            op.status = response.status
             body = json.loads(response.read())
             op.type, op.value = OK, int(body["count"])
     except urllib.error.HTTPError as e:
+        op.status = e.code
         e.read()
         op.type = FAIL if 400 <= e.code < 500 else UNKNOWN
     except urllib.error.URLError as e:
@@ -73,8 +76,9 @@ def call(node: str, method: str, url: str, f: str, by: int = 1, timeout: float =
     return op
 
 
-def increment(node: str, url: str, by: int = 1, timeout: float = 3.0) -> Op:
-    return call(node, "POST", url + "/increment", "add", by, timeout)
+def increment(node: str, url: str, by: int = 1, timeout: float = 3.0, wait: str = "") -> Op:
+    """An increment; with C{wait}, answered once that many peers hold it too (?wait=)."""
+    return call(node, "POST", url + "/increment" + (f"?wait={wait}" if wait else ""), "add", by, timeout)
 
 
 def read(node: str, url: str, timeout: float = 3.0) -> Op:

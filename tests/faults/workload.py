@@ -24,8 +24,9 @@ class Load:
     one), each writing its operations to a file of its own.
     """
 
-    def __init__(self, nodes: Sequence[Node], workdir: Path, *, threads: int = 2) -> None:
+    def __init__(self, nodes: Sequence[Node], workdir: Path, *, threads: int = 2, wait: str = "") -> None:
         self.nodes = list(nodes)
+        self.wait = wait
         self.workdir = workdir
         self.threads = threads
         self.clients: list[tuple[subprocess.Popen[bytes], Path]] = []
@@ -46,6 +47,7 @@ class Load:
                 str(out),
                 "--threads",
                 str(self.threads),
+                *(["--wait", self.wait] if self.wait else []),
             ]
             process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE)
             self.clients.append((process, out))
