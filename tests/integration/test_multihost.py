@@ -88,14 +88,15 @@ def test_partition_heals_and_converges(network: Network, tmp_path) -> None:
 
         network.cut(2)
         cut = time.monotonic()
-        wait_for(lambda: c.id not in a.peers() and c.id not in b.peers(), 5, what="c to leave /peers")
+        # Two probe timeouts (2 s each) after a probe round: about 4 to 6 s.
+        wait_for(lambda: c.id not in a.peers() and c.id not in b.peers(), 8, what="c to leave /peers")
         left = time.monotonic() - cut
         for _ in range(20):
             assert a.post("/increment")[0] == 200
         # c is cut off from the test too: ask it from inside its own host.
         for _ in range(10):
             assert c.from_inside("POST", "/increment", {"by": 2})[0] == 200
-        wait_for(lambda: c.from_inside("GET", "/peers")[1] == [], 5, what="c to drop both peers")
+        wait_for(lambda: c.from_inside("GET", "/peers")[1] == [], 8, what="c to drop both peers")
         assert c.from_inside("GET", "/count")[1]["count"] == 20
         assert a.count() == b.count() == 20
 
