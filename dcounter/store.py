@@ -180,6 +180,7 @@ class SQLiteStore:
             self._lock: IO[str] | None = self._take_lock(os.path.join(directory, "lock"))
         except OSError as e:
             raise StoreError(f"cannot use data directory {directory!r}: {e}") from e
+        self._check()
         self.identity = Identity(node_id, new_incarnation())
         self._worker = worker
         self._db: sqlite3.Connection | None = None
@@ -198,6 +199,21 @@ class SQLiteStore:
             lock.close()
             raise StoreError(f"{path} is locked: another dcounter node uses this data directory") from None
         return lock
+
+    def _check(self) -> None:
+        """
+        Fail now, before twistd forks, if the database cannot be read: a
+        connection opened and closed here never crosses the fork.
+        """
+        try:
+            db = sqlite3.connect(self.path)
+            try:
+                db.execute("PRAGMA schema_version").fetchone()
+            finally:
+                db.close()
+        except sqlite3.Error as e:
+            self._release()
+            raise StoreError(f"cannot use data directory {self.directory!r}: {e}") from e
 
     def start(self) -> None:
         """

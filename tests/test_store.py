@@ -132,25 +132,38 @@ def test_unusable_directory_raises_store_error(tmp_path):
         SQLiteStore(str(path), NODE, ManualWorker())
 
 
-def test_corrupt_database_raises_store_error_on_start(tmp_path):
-    """A database file that is not SQLite raises StoreError when the store starts, and frees the lock."""
+def test_corrupt_database_raises_store_error_at_once(tmp_path):
+    """
+    A database file that is not SQLite raises StoreError when the store is
+    made (before twistd forks, so the node says why and exits), and frees
+    the lock.
+    """
     (tmp_path / "dcounter.sqlite3").write_bytes(b"this is not an sqlite database" * 100)
+    with pytest.raises(StoreError, match="cannot use data directory"):
+        SQLiteStore(str(tmp_path), NODE, ManualWorker())
+    (tmp_path / "dcounter.sqlite3").unlink()
+    close(opened(tmp_path)[0])  # not locked any more
+
+
+def test_database_that_goes_bad_before_start_raises_store_error(tmp_path):
+    """A database made unusable between construction and start raises StoreError on start."""
     store = SQLiteStore(str(tmp_path), NODE, ManualWorker())
+    (tmp_path / "dcounter.sqlite3").write_bytes(b"this is not an sqlite database" * 100)
     with pytest.raises(StoreError, match="cannot use data directory"):
         store.start()
-    SQLiteStore(str(tmp_path), NODE, ManualWorker())  # not locked any more
+    (tmp_path / "dcounter.sqlite3").unlink()
+    close(opened(tmp_path)[0])  # not locked any more
 
 
 def test_database_is_opened_on_start_not_before(tmp_path):
     """
-    Constructing the store (twistd does it before forking) opens no
-    database; start() does.  A save before start fails at once.
+    Constructing the store (twistd does it before forking) keeps no
+    database open; start() opens it.  A save before start fails at once.
     """
     store = SQLiteStore(str(tmp_path), NODE, ManualWorker())
-    assert not (tmp_path / "dcounter.sqlite3").exists()
     failure_of(store.save({"c": {"r": (1, 0)}})).trap(StoreError)
     store.start()
-    assert (tmp_path / "dcounter.sqlite3").exists()
+    assert store.load() == {}
     close(store)
 
 

@@ -21,8 +21,9 @@ from dcounter.health import HealthChecker
 from dcounter.node import NodeStateService
 from dcounter.replication import Replicator
 from dcounter.service import StopInOrder
-from dcounter.store import MemoryStore, SQLiteStore
+from dcounter.store import MemoryStore, SQLiteStore, StoreError
 from dcounter.tap import Options, makeService
+from tests.support import failure_of
 
 ADVERTISE = ["--advertise", "10.0.0.1:9100"]
 
@@ -296,7 +297,7 @@ def test_make_service_with_data_dir(tmp_path: Path) -> None:
     service = makeService(options, reactor=reactor)
     store = children(service)[0].node.store
     assert isinstance(store, SQLiteStore)
-    assert not (tmp_path / "data" / "dcounter.sqlite3").exists()
+    failure_of(store.save({"c": {"r": (1, 0)}})).trap(StoreError)  # not open yet
     store.stop()
 
 
