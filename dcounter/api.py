@@ -307,6 +307,9 @@ class CounterAPI:
             if auth.sender != message.sender:
                 raise Unauthorized("a sync signed by one node in the name of another")
         reply = self.replicator.received(message)
+        # Answer once what the peer sent is durable here: a peer that counts
+        # us among those holding its write (?wait=N) may then lose its disk.
+        await self.node.durable()
         answer = {"ok": True} if reply is None else wire.encode_sync(reply)
         if auth is not None:
             return self._signed(request, answer, auth)

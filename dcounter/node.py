@@ -164,6 +164,13 @@ class Node:
             self.store.save(changed).addErrback(lambda f: self.log.failure("could not store merged state", f))
         return grown
 
+    def durable(self) -> Deferred[None]:
+        """
+        Fires once everything merged or written so far is durable (the
+        store commits in order), or fails with the store's error.
+        """
+        return self.store.save({})
+
     def outgoing(self, keys: Iterable[SlotKey] | None = None) -> State:
         """
         State to send to peers: all of it, or the slots named by C{keys},

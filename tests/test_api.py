@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import fail
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from dcounter import wire
@@ -587,6 +587,35 @@ def test_peer_sync_without_reply(net: Network, a: TestNode) -> None:
     reply = post(net, "/sync", wire.encode_sync(sync))
     assert reply.json == {"ok": True}
     assert get(net, "/counters/hits").json["count"] == 3
+
+
+def test_peer_sync_is_answered_once_durable(net: Network, a: TestNode) -> None:
+    """
+    A push is answered only once what it brought is durable here (so the
+    sender may count this node as holding its write), and a store that
+    cannot commit makes it a 503, which the sender takes as not delivered.
+    """
+    commits: list[Deferred[None]] = []
+
+    def pending(state: object) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        commits.append(d)
+        return d
+
+    a.store.save = pending  # type: ignore[method-assign]
+    sync = wire.Sync(B, "inc", CLUSTER, {"hits": {f"{B}/inc": (3, 0)}})
+    d = net.request("POST", f"http://{A}/sync", json=wire.encode_sync(sync))
+    answered: list[object] = []
+    d.addCallback(lambda response: answered.append(response) or response)
+    net.settle()
+    assert answered == []
+    for commit in commits:
+        commit.callback(None)
+    net.settle()
+    assert answered
+    assert answer(net, d).json == {"ok": True}
+    a.store.save = lambda state: fail(StoreError("disk full"))  # type: ignore[method-assign]
+    assert_error(post(net, "/sync", wire.encode_sync(sync)), 503)
 
 
 @pytest.mark.parametrize(
