@@ -13,8 +13,9 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger, capturedLogs
 
 from dcounter.counter import MAX_SLOT, CounterOverflow, Slot
-from dcounter.node import Node
-from dcounter.store import Identity, MemoryStore, StoreError
+from dcounter.node import Node, NodeStateService
+from dcounter.store import Identity, MemoryStore, SQLiteStore, StoreError
+from tests.support import ManualWorker, failure_of, result_of
 
 NODE = "10.0.0.1:8080"
 ME = f"{NODE}/inc1"
@@ -393,3 +394,30 @@ def test_merged_state_failing_to_save_is_logged():
     assert len(failures) == 1
     assert failures[0]["log_failure"].check(StoreError)
     assert node.value("c") == 1
+
+
+def test_node_state_service_opens_store_loads_state_and_stops_it(tmp_path):
+    """
+    Starting the service opens the store and takes up its state (a new
+    replica); stopping it finishes the last commit, after which a write
+    fails instead of hanging.
+    """
+    worker = ManualWorker()
+    store = SQLiteStore(str(tmp_path), NODE, worker)
+    store.start()
+    store.save({"c": {PEER: (7, 0)}})
+    worker.run_all()
+    result_of(store.stop())
+
+    store = SQLiteStore(str(tmp_path), NODE, worker)
+    node = Node(store, "dcounter", Clock())
+    service = NodeStateService(node)
+    service.startService()
+    assert node.value("c") == 7
+    written = node.add("c", 1)
+    stopped = service.stopService()
+    assert not stopped.called  # the last commit is still running
+    worker.run_all()
+    assert result_of(written) == 8
+    assert result_of(stopped) is None
+    failure_of(node.add("c", 1)).trap(StoreError)
