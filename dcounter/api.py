@@ -51,20 +51,6 @@ class Unauthorized(Exception):
     """
 
 
-class WriteConcernTimeout(Exception):
-    """
-    A write asked to wait for more peers than held it in time.  It is
-    durable here and counts all the same: C{body} says so, with the count.
-    """
-
-    def __init__(self, body: dict[str, Any]) -> None:
-        super().__init__(
-            f"only {body['replicated']} of the {body['wait']} peers asked for held this write "
-            "when the wait ran out; it is durable on this node and counts"
-        )
-        self.body = body
-
-
 def _json(request: IRequest, body: object, code: int = 200) -> bytes:
     return _encoded(request, json.dumps(body, separators=(",", ":")).encode() + b"\n", code)
 
@@ -106,7 +92,6 @@ class CounterAPI:
         (BodyTooLarge, 413),
         (AdmissionError, 502),
         (StoreError, 503),
-        (WriteConcernTimeout, 504),
     ]
 
     def __init__(
@@ -239,7 +224,7 @@ class CounterAPI:
             return _json(request, {"error": error.name.lower()}, error.code or 500)
         for kind, code in self.errors:
             if isinstance(error, kind):
-                return _json(request, {"error": str(error), **getattr(error, "body", {})}, code)
+                return _json(request, {"error": str(error)}, code)
         self.log.failure("unhandled error in {method} {uri}", failure, method=request.method, uri=request.uri)
         return _json(request, {"error": "internal error"}, 500)
 
@@ -276,7 +261,7 @@ class CounterAPI:
     @app.route("/increment", methods=["POST"])
     async def increment(self, request: IRequest) -> bytes:
         by = wire.amount_body(_body(request))
-        return _json(request, await self._write(request, DEFAULT_COUNTER, by, {}))
+        return await self._write(request, DEFAULT_COUNTER, by, {})
 
     @app.route("/sync", methods=["POST"])
     async def sync(self, request: IRequest) -> bytes:
@@ -426,26 +411,26 @@ class CounterAPI:
     async def _add(self, request: IRequest, name: str, sign: int) -> bytes:
         wire.counter_name(name)
         by = wire.amount_body(_body(request))
-        return _json(request, await self._write(request, name, sign * by, {"name": name}))
+        return await self._write(request, name, sign * by, {"name": name})
 
-    async def _write(self, request: IRequest, name: str, amount: int, body: dict[str, Any]) -> dict[str, Any]:
+    async def _write(self, request: IRequest, name: str, amount: int, body: dict[str, Any]) -> bytes:
         """
-        Count C{amount} on counter C{name}; with C{?wait=N}, answer once N
-        peers hold the write too (or raise L{WriteConcernTimeout}).
+        Count C{amount} on counter C{name}.  With C{?wait=N}, answer once N
+        peers hold the write too; if fewer do after C{wait_timeout}, answer
+        202 (accepted: it counts, but is not replicated as asked), with how
+        many do.
         """
         wait = wire.write_concern(request.args.get(b"wait"))
         written = self.node.add(name, amount)
         slot = self.node.own_slot(name)  # this write's, before any later one
         body.update(count=await written, node_id=self.node.node_id)
         if wait is None:
-            return body
+            return _json(request, body)
         needed = len(self.membership.live()) if wait == "all" else int(wait)
         key = (name, self.node.replica)
         body["replicated"] = await self.replicator.replicated(key, slot, needed, self.wait_timeout)
         body["wait"] = needed
-        if body["replicated"] < needed:
-            raise WriteConcernTimeout(body)
-        return body
+        return _json(request, body, 200 if body["replicated"] >= needed else 202)
 
     # For operators and people: metrics, version, the status page.
 

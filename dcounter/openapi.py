@@ -54,6 +54,14 @@ _NAME = {
     "schema": {"type": "string", "pattern": _NAME_PATTERN},
 }
 
+_WAIT = {
+    "name": "wait",
+    "in": "query",
+    "required": False,
+    "description": "answer once this many peers hold the write too (0 to 1000), or 'all'",
+    "schema": {"type": "string", "pattern": "^(all|[0-9]{1,4})$"},
+}
+
 _ADDRESS = {"type": "string", "description": "HOST:PORT, a hostname or IPv4 address", "maxLength": 300}
 _VALUE = {"type": "integer", "minimum": MIN_VALUE, "maximum": MAX_VALUE}
 _SLOT = {
@@ -73,12 +81,23 @@ SCHEMAS: dict[str, Any] = {
     "Count": {
         "type": "object",
         "required": ["count", "node_id"],
-        "properties": {"count": _VALUE, "node_id": {"type": "string"}},
+        "properties": {
+            "count": _VALUE,
+            "node_id": {"type": "string"},
+            "replicated": {"type": "integer", "minimum": 0},
+            "wait": {"type": "integer", "minimum": 0},
+        },
     },
     "NamedCount": {
         "type": "object",
         "required": ["name", "count", "node_id"],
-        "properties": {"name": {"type": "string"}, "count": _VALUE, "node_id": {"type": "string"}},
+        "properties": {
+            "name": {"type": "string"},
+            "count": _VALUE,
+            "node_id": {"type": "string"},
+            "replicated": {"type": "integer", "minimum": 0},
+            "wait": {"type": "integer", "minimum": 0},
+        },
     },
     "Amount": {
         "type": "object",
@@ -160,6 +179,7 @@ def document() -> dict[str, Any]:
     """
     count = _json(_ref("Count"))
     named = _json(_ref("NamedCount"))
+    late = "accepted, but fewer peers than ?wait asked held it in time: it counts all the same"
     obj = {"type": "object"}
     paths: dict[str, Any] = {
         "/health": {
@@ -171,9 +191,10 @@ def document() -> dict[str, Any]:
         "/count": {"get": {"summary": "The counter 'default'", "responses": _responses(count)}},
         "/increment": {
             "post": {
-                "summary": "Count 1, or 'by', on 'default', once durable",
+                "summary": "Count 1, or 'by', on 'default', once durable (and held by ?wait peers)",
+                "parameters": [_WAIT],
                 "requestBody": _body(_ref("Amount"), required=False),
-                "responses": _responses(count, "409", "503"),
+                "responses": {**_responses(count, "409", "503"), "202": _json(_ref("Count"), late)},
             }
         },
         "/sync": {
@@ -233,17 +254,17 @@ def document() -> dict[str, Any]:
         "/counters/{name}/increment": {
             "post": {
                 "summary": "Count up on a named counter",
-                "parameters": [_NAME],
+                "parameters": [_NAME, _WAIT],
                 "requestBody": _body(_ref("Amount"), required=False),
-                "responses": _responses(named, "409", "503"),
+                "responses": {**_responses(named, "409", "503"), "202": _json(_ref("NamedCount"), late)},
             }
         },
         "/counters/{name}/decrement": {
             "post": {
                 "summary": "Count down on a named counter",
-                "parameters": [_NAME],
+                "parameters": [_NAME, _WAIT],
                 "requestBody": _body(_ref("Amount"), required=False),
-                "responses": _responses(named, "409", "503"),
+                "responses": {**_responses(named, "409", "503"), "202": _json(_ref("NamedCount"), late)},
             }
         },
         "/openapi.json": {
