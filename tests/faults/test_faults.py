@@ -27,12 +27,15 @@ from tests.integration.netns import Network
 #: How long load runs before and after each fault, in seconds: a duration of
 #: the scenario, not a stand-in for a condition.
 SETTLE = 1.5
+#: Bounds on waits for nodes to start and to find each other: generous, since
+#: CI machines may be busy (20 s for a Python process to start was seen).
+START, MESH = 60.0, 30.0
 
 
 def _mesh(cluster: Cluster, n: int = 3) -> list[Node]:
     nodes = cluster.mesh(n)
-    start_all(nodes)
-    time_to_mesh(nodes, 10)
+    start_all(nodes, START)
+    time_to_mesh(nodes, MESH)
     return nodes
 
 
@@ -57,13 +60,13 @@ def _crash_and_restart(cluster: Cluster, tmp_path: Path, name: str, *, keep_data
     load = Load([a, b, c], tmp_path, wait="" if keep_data else "1").start()
     _run(SETTLE)
     c.kill()
-    _left(c, [a, b], 10)
+    _left(c, [a, b], MESH)
     if not keep_data:
         assert c.data_dir is not None
         shutil.rmtree(c.data_dir)
     history.started(c.id)
-    c.start().wait_up()
-    wait_for(lambda: c.id in a.peers() and c.id in b.peers(), 10, what="c back in /peers")
+    c.start().wait_up(START)
+    wait_for(lambda: c.id in a.peers() and c.id in b.peers(), MESH, what="c back in /peers")
     _run(SETTLE)
     load.stop(history)
     finish(name, history, [a, b, c], time.monotonic())
@@ -106,8 +109,8 @@ def test_3_restart_from_an_old_copy_of_the_data(cluster: Cluster, tmp_path: Path
     assert c.data_dir is not None
     shutil.copytree(c.data_dir, backup)
     history.started(c.id)
-    c.start().wait_up()
-    time_to_mesh([a, b, c], 10)
+    c.start().wait_up(START)
+    time_to_mesh([a, b, c], MESH)
     # Acknowledged once both peers hold them (durably): the 150 are the
     # peers' to keep, whatever becomes of c's disk.
     assert _increments(history, c, 150, wait="all") == 150
@@ -121,7 +124,7 @@ def test_3_restart_from_an_old_copy_of_the_data(cluster: Cluster, tmp_path: Path
         node.pause()
     try:
         history.started(c.id)
-        c.start().wait_up()
+        c.start().wait_up(START)
         assert _increments(history, c, 150) == 150
     finally:
         for node in (a, b):
@@ -137,8 +140,8 @@ def _hosts(cluster: Cluster, net: Network) -> list[Node]:
         cluster.add(8088, host=address, prefix=net.exec_prefix(k), peers=[i for i in ids if i != ids[k]])
         for k, address in enumerate(net.addresses)
     ]
-    start_all(nodes)
-    time_to_mesh(nodes, 10)
+    start_all(nodes, START)
+    time_to_mesh(nodes, MESH)
     return nodes
 
 
@@ -150,7 +153,7 @@ def test_4_partition_with_writes_on_both_sides(network: Network, cluster: Cluste
     load = Load([a, b, c], tmp_path).start()
     _run(SETTLE)
     network.cut(2)
-    _left(c, [a, b], 10)
+    _left(c, [a, b], MESH)
     _run(SETTLE)
     load.stop(history)
     assert any(op.node == c.id and op.type == OK and op.f == "add" for op in history.ops)
@@ -182,11 +185,11 @@ def test_6_paused_node(cluster: Cluster, tmp_path: Path) -> None:
     _run(SETTLE)
     c.pause()
     try:
-        left = _left(c, [a, b], 10)
+        left = _left(c, [a, b], MESH)
         _run(SETTLE)
     finally:
         c.resume()
-    wait_for(lambda: c.id in a.peers() and c.id in b.peers(), 10, what="c back in /peers")
+    wait_for(lambda: c.id in a.peers() and c.id in b.peers(), MESH, what="c back in /peers")
     load.stop(history)
     print(f"\npaused node left both /peers after {left:.2f}s")
     finish("scenario 6 (SIGSTOP past failure detection, SIGCONT)", history, [a, b, c], time.monotonic())
@@ -259,8 +262,8 @@ def test_8_full_disk(cluster: Cluster, tmp_path: Path) -> None:
     c.data_dir.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(c.data_dir)], check=True)
     try:
-        start_all(nodes)
-        time_to_mesh(nodes, 10)
+        start_all(nodes, START)
+        time_to_mesh(nodes, MESH)
         history = History()
         load = Load(nodes, tmp_path).start()
         _run(SETTLE)
