@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import asdict
 
-from tests.faults.history import increment, read
+from tests.faults.history import FAIL, Op, increment, read
 
 
 def main() -> None:
@@ -36,19 +36,22 @@ def main() -> None:
     lock = threading.Lock()
     out = open(args.out, "a", buffering=1)
 
-    def record(op: object) -> None:
+    def record(op: Op) -> None:
         with lock:
-            out.write(json.dumps(asdict(op)) + "\n")  # type: ignore[call-overload]
+            out.write(json.dumps(asdict(op)) + "\n")
 
     def worker() -> None:
         n = 0
         while not stopping.is_set():
             n += 1
             if n % args.read_every == 0:
-                record(read(args.node, args.url, args.timeout))
+                op = read(args.node, args.url, args.timeout)
             else:
-                record(increment(args.node, args.url, 1, args.timeout, args.wait))
-            time.sleep(args.pause)
+                op = increment(args.node, args.url, 1, args.timeout, args.wait)
+            record(op)
+            # A refused connection fails at once: back off, as a client
+            # would, rather than spin while the node is down.
+            time.sleep(args.pause if op.type != FAIL else 0.05)
 
     threads = [threading.Thread(target=worker) for _ in range(args.threads)]
     for t in threads:
