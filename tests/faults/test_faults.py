@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.history import OK, History, increment
+from tests.faults.history import OK, History, Op, increment
 from tests.faults.workload import Load, finish
 from tests.integration.harness import Cluster, Node, start_all, time_to_mesh, wait_for
 from tests.integration.netns import Network
@@ -99,6 +99,7 @@ def test_3_restart_from_an_old_copy_of_the_data(cluster: Cluster, tmp_path: Path
     old slot, and its peers' larger copy of that slot swallowed the new
     increments).
     """
+    cluster.extra += ["--wait-timeout", "20"]  # busy machines: within the client's 30 s
     a, b, c = _mesh(cluster)
     history = History()
     load = Load([a, b], tmp_path).start()
@@ -287,8 +288,13 @@ def test_8_full_disk(cluster: Cluster, tmp_path: Path) -> None:
 def _increments(history: History, node: Node, n: int, in_flight: int = 8, wait: str = "") -> int:
     """
     C{n} increments of 1 on C{node}, C{in_flight} at a time, each with
-    C{?wait=}; return how many were acknowledged.
+    C{?wait=}; return how many were acknowledged.  A long client timeout:
+    these scripted writes must not turn unknown because a machine is busy.
     """
+
+    def one(_: int) -> Op:
+        return history.add(increment(node.id, node.url, timeout=30.0, wait=wait))
+
     with ThreadPoolExecutor(in_flight) as pool:
-        ops = list(pool.map(lambda _: history.add(increment(node.id, node.url, wait=wait)), range(n)))
+        ops = list(pool.map(one, range(n)))
     return sum(op.type == OK for op in ops)

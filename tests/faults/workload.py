@@ -18,6 +18,16 @@ from tests.integration.harness import Node, wait_for
 REPO = Path(__file__).resolve().parents[2]
 
 
+#: Load clients started and not yet stopped: a test that fails half-way
+#: leaves them to L{close_all} (conftest), not running on.
+RUNNING: list[Load] = []
+
+
+def close_all() -> None:
+    for load in list(RUNNING):
+        load.close()
+
+
 class Load:
     """
     One load client process per node (inside the node's namespace, if it has
@@ -51,10 +61,21 @@ class Load:
             ]
             process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE)
             self.clients.append((process, out))
+        RUNNING.append(self)
         for process, _ in self.clients:
             assert process.stdout is not None
             assert process.stdout.readline().strip() == b"started"
         return self
+
+    def close(self) -> None:
+        """Stop every client, keeping nothing they recorded."""
+        for process, _ in self.clients:
+            if process.poll() is None:
+                process.kill()
+            process.wait(timeout=30)
+        self.clients.clear()
+        if self in RUNNING:
+            RUNNING.remove(self)
 
     def stop(self, history: History) -> None:
         """Stop every client (each finishes the operation it is in) and add their operations."""
@@ -66,6 +87,7 @@ class Load:
             if out.exists():
                 history.load(out)
         self.clients.clear()
+        RUNNING.remove(self)
 
 
 def converge(nodes: Sequence[Node], timeout: float = 20.0) -> tuple[dict[str, int], float]:
