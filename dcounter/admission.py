@@ -28,6 +28,13 @@ from dcounter.keyring import Keyring
 from dcounter.membership import Membership
 
 
+class NotMember(Exception):
+    """
+    A message came from, or was about, a node that was not admitted:
+    nothing changes.
+    """
+
+
 class AdmissionError(Exception):
     """
     A would-be peer may not be admitted.  The text is safe to show a

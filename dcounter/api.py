@@ -134,8 +134,9 @@ class CounterAPI:
 
     #: Endpoints anyone may call: probes and monitoring, the API's own
     #: description.  /sync decides for itself (a peer's MAC or an operator's
-    #: token), /digest too (a peer's MAC).  Every other endpoint is a client's.
-    OPEN = frozenset({"/health", "/openapi.json", "/sync", "/digest"})
+    #: token), /digest and /probe too (a peer's MAC).  Every other endpoint is
+    #: a client's.
+    OPEN = frozenset({"/health", "/openapi.json", "/sync", "/digest", "/probe"})
     #: Endpoints that need the operator's token once a key (or the token) is set.
     OPERATOR = frozenset({"/register", "/remove-peer"})
 
@@ -240,10 +241,15 @@ class CounterAPI:
         auth = self._signature(request) if self.guard.enabled else None
         if auth is not None:
             self._verify(request, auth, "", b"")
+        swim = self.health_checker.swim
+        # Rumors only for a peer: with a key, a signed probe; without, anyone.
+        peer = auth is not None or not self.guard.enabled
         hello = wire.Hello(
             node_id=self.node.node_id,
             incarnation=self.node.identity.incarnation,
             cluster=self.node.cluster,
+            generation=swim.generation,
+            rumors=swim.rumors() if peer else (),
             extra={
                 "uptime": round(self.node.uptime(), 3),
                 "peers": self.membership.counts(),
@@ -300,6 +306,28 @@ class CounterAPI:
             return self._signed(request, answer, auth)
         return _json(request, answer)
 
+    def _peer_auth(self, request: IRequest, body: bytes, what: str) -> wire.Auth | None:
+        """
+        With a key set, the verified signature of a peer's message (C{what}),
+        or 401; without a key, None.
+        """
+        if not self.guard.enabled:
+            return None
+        auth = self._signature(request)
+        if auth is None:
+            self.guard.refused("http", "unsigned")
+            raise Unauthorized(f"{what} must be signed with the cluster's key")
+        self._verify(request, auth, self.node.node_id, body)
+        return auth
+
+    @staticmethod
+    def _same_sender(auth: wire.Auth | None, sender: str, what: str) -> None:
+        if auth is not None and auth.sender != sender:
+            raise Unauthorized(f"{what} signed by one node in the name of another")
+
+    def _peer_reply(self, request: IRequest, auth: wire.Auth | None, answer: Any) -> bytes:
+        return _json(request, answer) if auth is None else self._signed(request, answer, auth)
+
     @app.route("/digest", methods=["POST"])
     def digest(self, request: IRequest) -> bytes:
         """
@@ -308,20 +336,24 @@ class CounterAPI:
         answer is signed; without, open, as /sync is.
         """
         body = _body(request, wire.MAX_SYNC_BODY)
-        auth = None
-        if self.guard.enabled:
-            auth = self._signature(request)
-            if auth is None:
-                self.guard.refused("http", "unsigned")
-                raise Unauthorized("a peer's digest must be signed with the cluster's key")
-            self._verify(request, auth, self.node.node_id, body)
+        auth = self._peer_auth(request, body, "a peer's digest")
         message = wire.decode_digest(body, digest.BUCKETS * digest.WIDTH)
-        if auth is not None and auth.sender != message.sender:
-            raise Unauthorized("a digest signed by one node in the name of another")
+        self._same_sender(auth, message.sender, "a digest")
         answer = wire.encode_digest_reply(self.replicator.received_digest(message))
-        if auth is not None:
-            return self._signed(request, answer, auth)
-        return _json(request, answer)
+        return self._peer_reply(request, auth, answer)
+
+    @app.route("/probe", methods=["POST"])
+    async def probe(self, request: IRequest) -> bytes:
+        """
+        SWIM's indirect probe.  With a key set it must be signed by the
+        member it names as sender; without, that sender must be a member.
+        """
+        body = _body(request)
+        auth = self._peer_auth(request, body, "an indirect probe")
+        message = wire.decode_probe_request(body)
+        self._same_sender(auth, message.sender, "an indirect probe")
+        answer = wire.encode_probe_answer(await self.health_checker.probe_for(message))
+        return self._peer_reply(request, auth, answer)
 
     @app.route("/peers", methods=["GET"])
     def peers(self, request: IRequest) -> bytes:
@@ -379,6 +411,8 @@ class CounterAPI:
             {
                 "node_id": self.node.node_id,
                 "incarnation": self.node.identity.incarnation,
+                "generation": self.health_checker.swim.generation,
+                "awareness": self.health_checker.swim.awareness,
                 "members": [p.as_json() for p in self.membership.peers()],
             },
         )

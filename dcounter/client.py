@@ -213,6 +213,24 @@ class PeerClient:
 
         return self._deadline(go(), None).addErrback(failed)
 
+    def probe_through(
+        self, address: str, request: wire.ProbeRequest, timeout: float | None = None
+    ) -> Deferred[wire.ProbeAnswer]:
+        """
+        Ask C{address} to probe C{request.target} for us (POST /probe):
+        SWIM's indirect probe.  Fails if the helper itself does not answer.
+        """
+
+        async def go() -> wire.ProbeAnswer:
+            data = json.dumps(wire.encode_probe_request(request), separators=(",", ":")).encode()
+            body, _ = await self._call("POST", address, "/probe", data, to=address)
+            try:
+                return wire.decode_probe_answer(body)
+            except wire.MalformedMessage as e:
+                raise PeerError(f"{address} sent a bad probe answer: {e}") from None
+
+        return self._deadline(go(), timeout)
+
     def counters(self, address: str) -> Deferred[dict[str, int]]:
         """
         Read a peer's counters (GET /counters), for the status page.

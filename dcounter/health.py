@@ -1,10 +1,11 @@
 # -*- test-case-name: tests.test_health -*-
 """
-The health checker: probes peers, and admits new ones.
+The health checker: probes peers as SWIM asks, and admits new ones.
 
-Every C{interval} seconds it asks each known peer (dead ones too, so that
-they come back as soon as they answer) and each seed not yet known who it
-is.  The answers go to the membership table, which decides alive, suspect and
+Every C{interval} seconds (the protocol period) it probes the peers
+L{dcounter.swim.Swim} picks, through others when they do not answer, and
+retries each seed not yet known.  The outcomes, and the rumors piggybacked on
+the answers, go to L{dcounter.swim.Swim}, which decides alive, suspect and
 dead.  Admission is a probe with conditions, and L{dcounter.admission}
 decides them: this module only makes the probes.
 """
@@ -14,20 +15,26 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from twisted.application.internet import TimerService
-from twisted.internet.defer import Deferred, TimeoutError, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, TimeoutError
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from dcounter import wire
-from dcounter.admission import Admission, AdmissionError
+from dcounter.admission import Admission, AdmissionError, NotMember
 from dcounter.client import PeerClient
 from dcounter.membership import Membership, PeerState
 from dcounter.metrics import Metrics
 from dcounter.node import Node
+from dcounter.swim import Swim
 
 
-class HealthChecker(TimerService):
+class HealthChecker:
+    """
+    Not a service of its own: L{dcounter.tap} runs L{check_once} every
+    period and L{tick} a few times a period, each in a C{TimerService}.
+    """
+
     log = Logger()
 
     MAX_CANDIDATES = Admission.MAX_CANDIDATES
@@ -37,20 +44,24 @@ class HealthChecker(TimerService):
         node: Node,
         membership: Membership,
         client: PeerClient,
-        clock: Any,
+        clock: IReactorTime,
         *,
         interval: float = 1.0,
         seeds: Iterable[str] = (),
         metrics: Metrics | None = None,
         admission: Admission | None = None,
+        swim: Swim | None = None,
     ) -> None:
         self.node = node
         self.metrics = metrics if metrics is not None else Metrics()
         self.membership = membership
         self.client = client
-        super().__init__(interval, self.check_once)
-        self.clock = clock  # TimerService's, and ours
+        self.interval = interval
+        self.clock = clock
         self.seeds = list(seeds)
+        self.swim = swim or Swim(
+            membership, node.identity.incarnation, period=interval, probe_timeout=client.timeout
+        )
         self._probing: set[str] = set()
         self._admitting: dict[str, Deferred[str]] = {}
         self._seed_ids: dict[str, str] = {}
@@ -76,14 +87,16 @@ class HealthChecker(TimerService):
 
     def check_once(self) -> None:
         """
-        One round: expire old entries, probe every known peer, retry seeds.
-        Never raises: an error here would end the loop for good.
+        One protocol period: expire old entries, probe the peers SWIM picks
+        (one live, one dead), retry seeds.  Never raises: an error here
+        would end the loop for good.
         """
         try:
             now = self.clock.seconds()
             self.membership.expire(now)
             self.admission.expire(now)
-            for peer in self.membership.known():
+            self.swim.tick(now)
+            for peer in self.swim.targets():
                 if peer not in self._probing:
                     self._probe(peer)
             for seed in self.seeds:
@@ -94,6 +107,15 @@ class HealthChecker(TimerService):
                     )
         except Exception:
             self.log.failure("health check round failed")
+
+    def tick(self) -> None:
+        """
+        End the suspicions whose time is up.  Never raises.
+        """
+        try:
+            self.swim.tick(self.clock.seconds())
+        except Exception:
+            self.log.failure("suspicion check failed")
 
     #: A seed is reported unreachable after this many failed tries in a row:
     #: seeds started at the same time as this node are not up yet at first.
@@ -113,35 +135,99 @@ class HealthChecker(TimerService):
                 why=reason.value.for_log()
                 if isinstance(reason.value, AdmissionError)
                 else reason.getErrorMessage(),
-                interval=self.step,
+                interval=self.interval,
             )
+
+    async def _reach(self, peer: str, timeout: float) -> wire.Hello | str:
+        """
+        Probe C{peer} once: its answer as itself, or why not (a metrics
+        outcome: C{wrong_node}, C{timeout} or C{failed}).
+        """
+        started = self.clock.seconds()
+        try:
+            hello = await self.client.hello(peer, timeout=timeout)
+            self.admission.check(peer, hello, expected_id=peer)
+        except AdmissionError:
+            outcome = "wrong_node"
+        except Exception as e:
+            # Cut off at its deadline (the client reports a cancelled request).
+            late = isinstance(e, TimeoutError | CancelledError) or self.clock.seconds() - started >= timeout
+            outcome = "timeout" if late else "failed"
+        else:
+            self.metrics.probe("ok", self.clock.seconds() - started)
+            return hello
+        self.metrics.probe(outcome, self.clock.seconds() - started)
+        return outcome
 
     def _probe(self, peer: str) -> None:
         self._probing.add(peer)
-        started = self.clock.seconds()
-        d = maybeDeferred(self.client.hello, peer)
-
-        def answered(hello: wire.Hello) -> None:
-            now = self.clock.seconds()
-            try:
-                self.admission.check(peer, hello, expected_id=peer)
-            except AdmissionError:
-                self.metrics.probe("wrong_node", now - started)
-                self.membership.failed(peer, now)
-            else:
-                self.metrics.probe("ok", now - started)
-                self.membership.heard_from(peer, now, hello.incarnation)
-
-        def failed(reason: Failure) -> None:
-            now = self.clock.seconds()
-            # Cut off at its deadline (the client reports a cancelled request).
-            timed_out = reason.check(TimeoutError) or now - started >= self.client.timeout
-            self.metrics.probe("timeout" if timed_out else "failed", now - started)
-            self.membership.failed(peer, now)
-
-        d.addCallbacks(answered, failed)
+        d = Deferred.fromCoroutine(self._probe_cycle(peer))
         d.addErrback(lambda f: self.log.failure("probe of {peer} failed", f, peer=peer))
         d.addBoth(lambda _: self._probing.discard(peer))
+
+    async def _probe_cycle(self, peer: str) -> None:
+        """
+        SWIM's probe: directly, then through k helpers; only if neither
+        reaches C{peer} is it reported unreachable (and so suspected).
+        """
+        timeout = self.swim.probe_timeout()
+        answer = await self._reach(peer, timeout)
+        if isinstance(answer, wire.Hello):
+            self._heard(peer, answer)
+            return
+        known = self.membership.get(peer)
+        if known is None:
+            return
+        helpers = self.swim.helpers(peer) if known.state is not PeerState.DEAD else []
+        request = wire.ProbeRequest(self.node.node_id, peer, self.swim.rumors())
+        results = await DeferredList(
+            [self.client.probe_through(h, request, timeout) for h in helpers], consumeErrors=True
+        )
+        acks = nacks = 0
+        now = self.clock.seconds()
+        for (ok, result), helper in zip(results, helpers, strict=True):
+            if ok:
+                self._rumors_from(helper, result.rumors)
+                acks += result.ack
+                nacks += not result.ack
+        if acks:
+            self.metrics.probe("indirect", self.clock.seconds() - now)
+            self.swim.acked(peer, now)
+        elif known.state is PeerState.DEAD:
+            self.membership.failed(peer, now)
+        else:
+            self.swim.unreachable(peer, now, asked=len(helpers), nacks=nacks)
+
+    def _heard(self, peer: str, hello: wire.Hello) -> None:
+        now = self.clock.seconds()
+        self._rumors_from(peer, hello.rumors)
+        self.swim.answered(peer, now, hello.incarnation, hello.generation)
+
+    def _rumors_from(self, sender: str, rumors: tuple[wire.Rumor, ...]) -> None:
+        """
+        Rumors a peer sent: taken only from a member.
+        """
+        if rumors and self.admission.is_member(sender):
+            self.swim.received(rumors, self.clock.seconds())
+
+    async def probe_for(self, request: wire.ProbeRequest) -> wire.ProbeAnswer:
+        """
+        A member asks us (POST /probe) to probe C{request.target} for it:
+        an ack if it answers as itself within most of the asker's timeout,
+        else a nack.  Only members' requests, about members, are taken.
+
+        @raise NotMember: the asker, or the target, is not a member.
+        """
+        if not self.admission.is_member(request.sender):
+            raise NotMember(f"{request.sender} is not a member admitted by this node")
+        if not self.admission.is_member(request.target):
+            raise NotMember(f"{request.target} is not a member admitted by this node")
+        self._rumors_from(request.sender, request.rumors)
+        # Lifeguard: answer (a nack) before the asker gives up on us.
+        answer = await self._reach(request.target, 0.8 * self.swim.probe_timeout())
+        if isinstance(answer, wire.Hello):
+            self._heard(request.target, answer)
+        return wire.ProbeAnswer(ack=isinstance(answer, wire.Hello), rumors=self.swim.rumors())
 
     def consider(self, address: str, *, contact: bool = False) -> None:
         """

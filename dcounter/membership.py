@@ -5,11 +5,12 @@ The peer table: who is in the cluster, and what we believe of each.
 Pure: time is passed in, nothing here does I/O.  This is the one place where
 a peer becomes alive, suspect or dead, is forgotten, or is quarantined.
 
-A peer that fails C{suspect_after} consecutive probes is I{suspect}: still
-listed and still replicated to, since it may only be slow.  At C{dead_after}
-consecutive failures it is I{dead}: it leaves the peer list but is still
-probed, so that it is re-admitted as soon as it answers or contacts us.  A dead
-peer silent for C{forget_after} seconds is forgotten.  A peer removed by an
+When a peer becomes suspect or dead is the SWIM protocol's decision
+(L{dcounter.swim}); this table records it.  A I{suspect} peer is still listed
+and still replicated to, since it may only be slow.  A I{dead} one leaves the
+peer list but is still probed now and then, so that it is re-admitted as soon
+as it answers or contacts us.  A dead peer silent for C{forget_after} seconds
+is forgotten.  A peer removed by an
 operator is quarantined for C{quarantine} seconds: nothing but another explicit
 registration brings it back before then.
 """
@@ -35,6 +36,9 @@ class Peer:
     last_seen: float
     failures: int = 0
     incarnation: str | None = None
+    #: SWIM's incarnation number within this boot (C{incarnation}): what
+    #: the peer raises to refute a suspicion of itself.
+    generation: int = 0
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -44,6 +48,7 @@ class Peer:
             "last_seen": self.last_seen,
             "failures": self.failures,
             "incarnation": self.incarnation,
+            "generation": self.generation,
         }
 
 
@@ -57,16 +62,10 @@ class Membership:
         self,
         self_id: str,
         *,
-        suspect_after: int = 1,
-        dead_after: int = 2,
         forget_after: float = 600.0,
         quarantine: float = 60.0,
     ) -> None:
-        if not 1 <= suspect_after <= dead_after:
-            raise ValueError("need 1 <= suspect_after <= dead_after")
         self.self_id = self_id
-        self.suspect_after = suspect_after
-        self.dead_after = dead_after
         self.forget_after = forget_after
         self.quarantine = quarantine
         self._peers: dict[str, Peer] = {}
@@ -91,7 +90,9 @@ class Membership:
 
     # What we learn of peers.
 
-    def heard_from(self, peer_id: str, now: float, incarnation: str | None = None) -> None:
+    def heard_from(
+        self, peer_id: str, now: float, incarnation: str | None = None, generation: int | None = None
+    ) -> None:
         """
         C{peer_id} answered a probe or contacted us: it is alive.  Whether a
         node I{may} be added is not decided here but by
@@ -102,13 +103,17 @@ class Membership:
             peer = Peer(peer_id, PeerState.ALIVE, since=now, last_seen=now)
         peer.last_seen = now
         peer.failures = 0
-        if incarnation is not None:
+        if incarnation is not None and incarnation != peer.incarnation:
             peer.incarnation = incarnation
+            peer.generation = 0  # a new boot counts again from 0
+        if generation is not None and generation > peer.generation:
+            peer.generation = generation
         self._set(peer, PeerState.ALIVE, now)
 
     def failed(self, peer_id: str, now: float) -> PeerState | None:
         """
-        A probe of C{peer_id} failed.
+        A probe of C{peer_id} failed (directly and through others): only
+        counted here; L{dcounter.swim} decides what follows.
 
         @return: its state now, or None if it is not in the table.
         """
@@ -116,11 +121,22 @@ class Membership:
         if peer is None:
             return None
         peer.failures += 1
-        if peer.failures >= self.dead_after:
-            self._set(peer, PeerState.DEAD, now)
-        elif peer.failures >= self.suspect_after:
-            self._set(peer, PeerState.SUSPECT, now)
         return peer.state
+
+    def mark(self, peer_id: str, state: PeerState, now: float, generation: int | None = None) -> bool:
+        """
+        The SWIM protocol decided C{peer_id} is C{state} (at C{generation}).
+
+        @return: whether its state changed (False too if it is unknown).
+        """
+        peer = self._peers.get(peer_id)
+        if peer is None:
+            return False
+        if generation is not None and generation > peer.generation:
+            peer.generation = generation
+        changed = peer.state is not state
+        self._set(peer, state, now)
+        return changed
 
     def remove(self, peer_id: str, now: float) -> bool:
         """

@@ -205,6 +205,14 @@ def document() -> dict[str, Any]:
                 "responses": _responses(_json(obj), "403", "409", "503"),
             }
         },
+        "/probe": {
+            "post": {
+                "summary": "SWIM's indirect probe: a member asks this node to probe another member "
+                "(signed with a key)",
+                "requestBody": _body(obj),
+                "responses": _responses(_json(obj), "403"),
+            }
+        },
         "/peers": {
             "get": {
                 "summary": "Peers believed alive",

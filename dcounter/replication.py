@@ -19,7 +19,8 @@ of counters.  A peer too old to know /digest (a 404) gets the push-pull of
 whole state that came before.
 
 Gossip: every sync carries the sender's live peers, and names we do not know
-are handed to admission, so a node that knows one member learns all.
+are handed to admission, so a node that knows one member learns all; and
+SWIM's rumors (suspect, dead, alive), piggybacked.
 
 Write concern: the replicator knows how much of this node's own slots each
 peer holds (what it acknowledged in a push or push-pull, or sent us), so a
@@ -41,22 +42,17 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 
 from dcounter import digest, wire
-from dcounter.admission import Admission
+from dcounter.admission import Admission, NotMember
 from dcounter.client import PeerClient, PeerError
 from dcounter.counter import Slot, SlotKey, State
 from dcounter.membership import Membership, PeerState
 from dcounter.node import Node
+from dcounter.swim import Swim
 
 
 class WrongCluster(Exception):
     """
     A sync came from a node of another cluster.
-    """
-
-
-class NotMember(Exception):
-    """
-    A sync came from a node that was not admitted: nothing changes.
     """
 
 
@@ -88,6 +84,7 @@ class Replicator(TimerService):
         rng: random.Random | None = None,
         admission: Admission | None = None,
         stop_timeout: float = 3.0,
+        swim: Swim | None = None,
     ) -> None:
         self.node = node
         self.admission = admission or Admission(membership, node.cluster)
@@ -95,6 +92,7 @@ class Replicator(TimerService):
         self.client = client
         super().__init__(interval, self.anti_entropy)
         self.clock = clock  # TimerService's, and ours
+        self.swim = swim
         self.consider = consider
         self._rng = rng or random.Random()
         self._outbox: dict[str, set[SlotKey]] = {}
@@ -233,6 +231,7 @@ class Replicator(TimerService):
             state=state,
             members=tuple(self.membership.live()),
             reply=reply,
+            rumors=self.swim.rumors() if self.swim is not None else (),
         )
 
     def local_write(self, keys: list[SlotKey]) -> None:
@@ -389,7 +388,7 @@ class Replicator(TimerService):
         self._admitted(sync.cluster, sync.sender)
         self.node.merge(sync.state)
         self._record_held(sync.sender, sync.state)
-        self._heard(sync.sender, sync.incarnation, sync.members)
+        self._heard(sync.sender, sync.incarnation, sync.members, sync.rumors)
         if sync.reply:
             return self._message(self.node.outgoing(), reply=False)
         return None
@@ -430,11 +429,16 @@ class Replicator(TimerService):
             self.consider(sender, contact=True)
             raise NotMember(f"{sender} is not a member admitted by this node")
 
-    def _heard(self, sender: str, incarnation: str, members: tuple[str, ...]) -> None:
+    def _heard(
+        self, sender: str, incarnation: str, members: tuple[str, ...], rumors: tuple[wire.Rumor, ...] = ()
+    ) -> None:
         """
-        A message from a member: it is alive, and the members it names may
-        be peers (gossip).
+        A message from a member: it is alive, the members it names may be
+        peers (gossip), and SWIM's rumors it carries are news.
         """
-        self.membership.heard_from(sender, self.clock.seconds(), incarnation)
+        now = self.clock.seconds()
+        self.membership.heard_from(sender, now, incarnation)
+        if self.swim is not None and rumors:
+            self.swim.received(rumors, now)
         for member in members:
             self.consider(member)

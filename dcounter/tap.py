@@ -21,9 +21,11 @@ from typing import Any
 
 from treq.client import HTTPClient
 from twisted.application import strports
+from twisted.application.internet import TimerService
 from twisted.application.service import IService, Service
 from twisted.copyright import version as twisted_version
 from twisted.internet import endpoints
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
@@ -39,6 +41,7 @@ from dcounter.metrics import Metrics
 from dcounter.node import Node, NodeStateService
 from dcounter.replication import Replicator
 from dcounter.store import MemoryStore, SQLiteStore, StoreError, ThreadWorker
+from dcounter.swim import Swim
 
 DEFAULT_PORT = 8088
 log = Logger()
@@ -157,30 +160,30 @@ class Options(usage.Options):
         [
             "health-interval",
             None,
-            1.0,
-            "Seconds between probes of each peer.",
+            0.5,
+            "The SWIM protocol period: seconds between probes (one peer each period).",
             _float("--health-interval", 0.05),
         ],
         [
             "probe-timeout",
             None,
             2.0,
-            "Seconds a peer has to answer a probe or a push.",
+            "Seconds a peer has to answer a probe or a push (scaled up while this node is slow).",
             _float("--probe-timeout", 0.05),
         ],
         [
-            "suspect-after",
+            "indirect-probes",
             None,
-            2,
-            "Failed probes in a row that make a peer suspect.",
-            _positive_int("--suspect-after"),
+            3,
+            "Peers asked to probe a peer that did not answer, before it is suspected.",
+            _positive_int("--indirect-probes"),
         ],
         [
-            "dead-after",
+            "suspicion-mult",
             None,
-            2,
-            "Failed probes in a row that make a peer dead.",
-            _positive_int("--dead-after"),
+            2.0,
+            "A suspicion lasts at least this many periods times max(1, log10(cluster size)).",
+            _float("--suspicion-mult", 1.0),
         ],
         [
             "wait-timeout",
@@ -332,8 +335,6 @@ class Options(usage.Options):
         for token in ("admin-token", "client-token"):
             if self[token] is not None and len(self[token]) < keyring.MIN_KEY_BYTES:
                 raise usage.UsageError(f"--{token} must be at least {keyring.MIN_KEY_BYTES} characters")
-        if self["suspect-after"] > self["dead-after"]:
-            raise usage.UsageError("--suspect-after must not be more than --dead-after")
         if self["in-memory"] and self["data-dir"] is not None:
             raise usage.UsageError("--data-dir and --in-memory cannot be used together")
         if not self["in-memory"] and self["data-dir"] is None:
@@ -396,12 +397,20 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     )
     node = Node(store, options["cluster"], reactor, max_counters=options["max-counters"])
     NodeStateService(node).setServiceParent(top)
-    membership = Membership(node_id, suspect_after=options["suspect-after"], dead_after=options["dead-after"])
+    membership = Membership(node_id)
+    interval, timeout = options["health-interval"], options["probe-timeout"]
+    swim = Swim(
+        membership,
+        node.identity.incarnation,
+        period=interval,
+        probe_timeout=timeout,
+        indirect=options["indirect-probes"],
+        suspicion_mult=options["suspicion-mult"],
+    )
     keys = keyring.Keyring(options["keys"])
     guard = keyring.Guard(keys, node_id)
     if options["secret-file"] is not None:
         KeyReloader(options, keys, reactor).setServiceParent(top)
-    interval, timeout = options["health-interval"], options["probe-timeout"]
     client = PeerClient(
         _http_client(reactor, timeout=timeout),
         reactor,
@@ -419,6 +428,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         seeds=options["peers"],
         metrics=metrics,
         admission=admission,
+        swim=swim,
     )
     replicator = Replicator(
         node,
@@ -428,6 +438,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         health.consider,
         interval=options["anti-entropy-interval"],
         admission=admission,
+        swim=swim,
     )
     discovery = None
     if not options["no-discovery"]:
@@ -458,7 +469,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     site = CounterSite(api, options["access-log"], reactor)
     replicator.setServiceParent(top)
     strports.service(options["listen"], site, reactor=reactor).setServiceParent(top)
-    health.setServiceParent(top)
+    for service in health_timers(health, reactor):
+        service.setServiceParent(top)
     if discovery is not None:
         discovery.setServiceParent(top)
     if options["join-dns"] is not None:
@@ -494,6 +506,24 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             client="--client-token" if options["client-token"] else "no token",
         )
     return top
+
+
+def every(period: float, f: Any, clock: IReactorTime) -> TimerService:
+    """
+    A C{TimerService} calling C{f} every C{period} seconds on C{clock}
+    (TimerService takes its clock as an attribute, not an argument).
+    """
+    timer = TimerService(period, f)
+    timer.clock = clock
+    return timer
+
+
+def health_timers(health: HealthChecker, clock: IReactorTime) -> list[TimerService]:
+    """
+    The health checker's timers: a probe each protocol period, and the end
+    of suspicions checked four times a period.
+    """
+    return [every(health.interval, health.check_once, clock), every(health.interval / 4, health.tick, clock)]
 
 
 class KeyReloader(Service):

@@ -234,6 +234,7 @@ class Sync:
     state: State
     members: tuple[str, ...] = ()
     reply: bool = False
+    rumors: tuple[Rumor, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -259,7 +260,7 @@ def decode_sync(body: bytes) -> Sync | LegacySync:
 def sync_from_json(obj: object) -> Sync:
     if not isinstance(obj, dict):
         raise MalformedMessage("a sync message must be a JSON object")
-    only(obj, "from", "incarnation", "cluster", "state", "members", "reply")
+    only(obj, "from", "incarnation", "cluster", "state", "members", "reply", "rumors")
     for key in ("from", "incarnation", "cluster", "state"):
         if key not in obj:
             raise MalformedMessage(f"missing field {key!r}")
@@ -276,6 +277,7 @@ def sync_from_json(obj: object) -> Sync:
         state=decode_state(obj["state"]),
         members=tuple(address(m, "a member") for m in members),
         reply=reply,
+        rumors=decode_rumors(obj.get("rumors", [])),
     )
 
 
@@ -287,6 +289,7 @@ def encode_sync(msg: Sync) -> dict[str, Any]:
         "state": encode_state(msg.state),
         "members": list(msg.members),
         "reply": msg.reply,
+        "rumors": encode_rumors(msg.rumors),
     }
 
 
@@ -418,6 +421,10 @@ class Hello:
     #: the id of the cluster key whose MAC the answer carried; None if it
     #: was not signed.  Set by the peer client, never decoded from JSON.
     signed_by: str | None = None
+    #: SWIM: the node's generation (raised to refute a suspicion of this
+    #: boot), and the rumors it piggybacks on its answer.
+    generation: int = 0
+    rumors: tuple[Rumor, ...] = ()
 
 
 def decode_hello(body: bytes) -> Hello:
@@ -428,6 +435,8 @@ def decode_hello(body: bytes) -> Hello:
         node_id=address(obj.get("node_id"), "'node_id'"),
         incarnation=_token(obj.get("incarnation"), "'incarnation'"),
         cluster=_token(obj.get("cluster"), "'cluster'"),
+        generation=_count(obj.get("generation", 0), "'generation'"),
+        rumors=decode_rumors(obj.get("rumors", [])),
     )
 
 
@@ -437,8 +446,120 @@ def encode_hello(hello: Hello) -> dict[str, Any]:
         "node_id": hello.node_id,
         "incarnation": hello.incarnation,
         "cluster": hello.cluster,
+        "generation": hello.generation,
+        "rumors": encode_rumors(hello.rumors),
         **hello.extra,
     }
+
+
+# SWIM membership rumors, piggybacked on probes' answers, indirect probes and
+# syncs.
+
+#: The most rumors one message carries.
+MAX_RUMORS = 64
+RUMOR_KINDS = ("alive", "suspect", "dead")
+
+
+@dataclass(frozen=True)
+class Rumor:
+    """
+    What C{source} says of C{node}: that it is alive, suspect or dead, at
+    its boot C{incarnation} and C{generation} (SWIM's incarnation number:
+    a node raises it to refute a suspicion of itself).
+    """
+
+    kind: str
+    node: str
+    incarnation: str
+    generation: int
+    source: str
+
+
+def decode_rumors(value: object) -> tuple[Rumor, ...]:
+    if not isinstance(value, list) or len(value) > MAX_RUMORS:
+        raise MalformedMessage(f"'rumors' must be a list of at most {MAX_RUMORS} rumors")
+    rumors = []
+    for r in value:
+        if not isinstance(r, dict):
+            raise MalformedMessage("a rumor must be a JSON object")
+        only(r, "kind", "node", "incarnation", "generation", "source")
+        kind = r.get("kind")
+        if kind not in RUMOR_KINDS:
+            raise MalformedMessage(f"a rumor's 'kind' must be one of {', '.join(RUMOR_KINDS)}")
+        rumors.append(
+            Rumor(
+                kind=kind,
+                node=address(r.get("node"), "a rumor's 'node'"),
+                incarnation=_token(r.get("incarnation"), "a rumor's 'incarnation'"),
+                generation=_count(r.get("generation"), "a rumor's 'generation'"),
+                source=address(r.get("source"), "a rumor's 'source'"),
+            )
+        )
+    return tuple(rumors)
+
+
+def encode_rumors(rumors: tuple[Rumor, ...] | list[Rumor]) -> list[dict[str, Any]]:
+    return [
+        {
+            "kind": r.kind,
+            "node": r.node,
+            "incarnation": r.incarnation,
+            "generation": r.generation,
+            "source": r.source,
+        }
+        for r in rumors
+    ]
+
+
+@dataclass(frozen=True)
+class ProbeRequest:
+    """
+    SWIM's indirect probe (POST /probe): C{sender} asks us to probe
+    C{target} for it, and piggybacks its rumors.
+    """
+
+    sender: str
+    target: str
+    rumors: tuple[Rumor, ...] = ()
+
+
+def decode_probe_request(body: bytes) -> ProbeRequest:
+    obj = json_object(body)
+    only(obj, "from", "target", "rumors")
+    return ProbeRequest(
+        sender=address(obj.get("from"), "'from'"),
+        target=address(obj.get("target"), "'target'"),
+        rumors=decode_rumors(obj.get("rumors", [])),
+    )
+
+
+def encode_probe_request(msg: ProbeRequest) -> dict[str, Any]:
+    return {"from": msg.sender, "target": msg.target, "rumors": encode_rumors(msg.rumors)}
+
+
+@dataclass(frozen=True)
+class ProbeAnswer:
+    """
+    The answer to an indirect probe: C{ack} if the target answered as
+    itself in time, else a nack (Lifeguard: the helper is alive, so the
+    asker is not the slow one); and the helper's rumors.
+    """
+
+    ack: bool
+    rumors: tuple[Rumor, ...] = ()
+
+
+def decode_probe_answer(body: bytes) -> ProbeAnswer:
+    obj = json_object(body)
+    only(obj, "ack", "rumors")
+    ack = obj.get("ack")
+    if not isinstance(ack, bool):
+        raise MalformedMessage("'ack' must be true or false")
+    return ProbeAnswer(ack=ack, rumors=decode_rumors(obj.get("rumors", [])))
+
+
+def encode_probe_answer(msg: ProbeAnswer) -> dict[str, Any]:
+    return {"ack": msg.ack, "rumors": encode_rumors(msg.rumors)}
 
 
 # Discovery datagrams.

@@ -67,6 +67,20 @@ class TestNode:
     def id(self) -> str:
         return self.node.node_id
 
+    def start_health(self) -> None:
+        """
+        Start the health checker's timers, as makeService does.
+        """
+        from dcounter.tap import health_timers
+
+        self._timers = health_timers(self.health, self.clock)
+        for timer in self._timers:
+            timer.startService()
+
+    def stop_health(self) -> None:
+        for timer in getattr(self, "_timers", []):
+            timer.stopService()
+
     def count(self, name: str = "default") -> int:
         return self.node.value(name)
 

@@ -8,7 +8,7 @@ import pytest
 
 from dcounter.admission import Admission, AdmissionError
 from dcounter.keyring import Keyring
-from dcounter.membership import Membership
+from dcounter.membership import Membership, PeerState
 from dcounter.wire import Hello
 
 SELF = "10.0.0.1:8080"
@@ -108,6 +108,5 @@ def test_members_are_names_in_the_table():
     adm.admit(A, hello(), 0.0)
     assert adm.is_member(A)
     assert not adm.should_probe(A, 0.0)  # known: left to the health checker
-    adm.membership.failed(A, 1.0)
-    adm.membership.failed(A, 2.0)
+    adm.membership.mark(A, PeerState.DEAD, 2.0)
     assert adm.is_member(A)  # dead, but admitted: its sync brings it back

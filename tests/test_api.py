@@ -147,9 +147,8 @@ def test_peers_lists_live_peers(net: Network, a: TestNode) -> None:
     now = net.clock.seconds()
     for peer in ("127.0.0.1:9005", "127.0.0.1:9003", "127.0.0.1:9004"):
         a.membership.heard_from(peer, now)
-    a.membership.failed("127.0.0.1:9004", now)  # suspect: still listed
-    a.membership.failed("127.0.0.1:9005", now)
-    a.membership.failed("127.0.0.1:9005", now)  # dead: not listed
+    a.membership.mark("127.0.0.1:9004", PeerState.SUSPECT, now)  # still listed
+    a.membership.mark("127.0.0.1:9005", PeerState.DEAD, now)  # not listed
     reply = get(net, "/peers")
     assert reply.code == 200
     assert_json(reply)
@@ -300,6 +299,7 @@ def test_members(net: Network, a: TestNode) -> None:
     a.membership.heard_from("127.0.0.1:9004", now)
     a.membership.failed("127.0.0.1:9004", now)
     a.membership.failed("127.0.0.1:9004", now)
+    a.membership.mark("127.0.0.1:9004", PeerState.DEAD, now)
     reply = get(net, "/members")
     assert reply.code == 200
     assert_json(reply)

@@ -19,7 +19,7 @@ from zope.interface import implementer
 from dcounter import keyring, wire
 from dcounter.discovery import LOOPBACK_BROADCAST, Discovery, DNSJoin, default_broadcasts
 from dcounter.keyring import Guard, Keyring
-from dcounter.membership import Membership
+from dcounter.membership import Membership, PeerState
 
 CLUSTER = "dcounter"
 ME = "10.0.0.1:8088"
@@ -256,8 +256,7 @@ def test_restarted_peer_is_answered(h: Harness) -> None:
 def test_dead_peer_is_answered(h: Harness) -> None:
     """A dead peer announcing itself is answered and considered."""
     h.membership.heard_from(OTHER, 0.0, "inc2")
-    h.membership.failed(OTHER, 0.0)
-    h.membership.failed(OTHER, 0.0)
+    h.membership.mark(OTHER, PeerState.DEAD, 0.0)
     h.discovery.received(announcement(), SOURCE)
     assert len(h.sent) == 1 and h.considered == [OTHER]
 

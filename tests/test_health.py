@@ -17,6 +17,7 @@ from dcounter.health import AdmissionError, HealthChecker
 from dcounter.membership import Membership, PeerState
 from dcounter.node import Node
 from dcounter.store import MemoryStore
+from dcounter.tap import health_timers
 from tests.support import CLUSTER, Network, TestNode, failure_of, result_of
 
 
@@ -35,22 +36,26 @@ def net() -> Network:
 
 
 def test_peer_that_stops_answering_becomes_suspect_then_dead(net: Network) -> None:
-    """Refused probes make a peer suspect, then dead: it leaves /peers."""
-    a, b = net.add_many(2, suspect_after=2, dead_after=3)
+    """
+    A refused probe (and no one to ask in a cluster of two) makes a peer
+    suspect; the suspicion ends after 3 periods (suspicion_mult 3, log10 of
+    2 < 1): dead, it leaves /peers.
+    """
+    a, b = net.add_many(2)
     net.mesh()
-    a.health.startService()
+    a.start_health()
     net.settle()
     assert state(a, b.id) is PeerState.ALIVE
     net.cut(b.id)
     net.advance(1.0)
-    assert state(a, b.id) is PeerState.ALIVE  # one failure: not yet suspect
-    net.advance(1.0)
     assert state(a, b.id) is PeerState.SUSPECT
     assert net.call("GET", a.id, "/peers").json == [b.id]  # suspect: still listed
-    net.advance(1.0)
+    net.advance(2.75)
+    assert state(a, b.id) is PeerState.SUSPECT
+    net.advance(0.25)
     assert state(a, b.id) is PeerState.DEAD
     assert net.call("GET", a.id, "/peers").json == []
-    a.health.stopService()
+    a.stop_health()
 
 
 def test_peer_that_hangs_is_failed_by_timeout(net: Network) -> None:
@@ -81,38 +86,38 @@ def test_dead_peer_that_answers_again_is_readmitted(net: Network) -> None:
     """A dead peer is still probed, and is alive again once it answers."""
     a, b = net.add_many(2)
     net.mesh()
-    a.health.startService()
+    a.start_health()
     net.cut(b.id)
-    net.advance(3.0)
+    net.advance(4.0)
     assert state(a, b.id) is PeerState.DEAD
     net.heal(b.id)
     net.advance(1.0)
     assert state(a, b.id) is PeerState.ALIVE
     assert net.call("GET", a.id, "/peers").json == [b.id]
-    a.health.stopService()
+    a.stop_health()
 
 
 def test_dead_peer_is_forgotten(net: Network) -> None:
     """A peer dead for forget_after seconds leaves the table."""
     a, b = net.add_many(2, forget_after=10.0)
     net.mesh()
-    a.health.startService()
+    a.start_health()
     net.cut(b.id)
-    net.advance(3.0)
+    net.advance(4.0)
     assert state(a, b.id) is PeerState.DEAD
     net.advance(10.0)
     assert b.id not in a.membership
-    a.health.stopService()
+    a.stop_health()
 
 
 def test_seeds_are_admitted(net: Network) -> None:
     """A seed that answers is admitted at start."""
     b = net.add(9002)
     a = net.add(9001, seeds=[b.id])
-    a.health.startService()
+    a.start_health()
     net.settle()
     assert a.membership.live() == [b.id]
-    a.health.stopService()
+    a.stop_health()
 
 
 def test_seeds_are_retried_until_they_answer(net: Network) -> None:
@@ -120,14 +125,14 @@ def test_seeds_are_retried_until_they_answer(net: Network) -> None:
     b = net.add(9002)
     a = net.add(9001, seeds=[b.id])
     net.cut(b.id)
-    a.health.startService()
+    a.start_health()
     net.advance(3.0)
     assert a.membership.known() == []
     assert probes(net, b.id) == 4  # at start, then once a second
     net.heal(b.id)
     net.advance(1.0)
     assert a.membership.live() == [b.id]
-    a.health.stopService()
+    a.stop_health()
 
 
 def test_an_unreachable_seed_is_logged_once_until_it_answers(net: Network) -> None:
@@ -155,13 +160,13 @@ def test_seed_by_another_name(net: Network) -> None:
     b = net.add(9002)
     net.alias("localhost:9002", b)
     a = net.add(9001, seeds=["localhost:9002"])
-    a.health.startService()
+    a.start_health()
     net.settle()
     assert a.membership.live() == [b.id]
     net.advance(3.0)
     assert probes(net, "localhost:9002") == 1  # known: the peer is probed by its id
     assert probes(net, b.id) >= 3
-    a.health.stopService()
+    a.stop_health()
 
 
 def test_admission_refuses_another_node_id(net: Network) -> None:
@@ -386,18 +391,21 @@ def test_check_once_never_raises() -> None:
     node = Node(store, CLUSTER, clock)
     health = HealthChecker(node, membership, PeerClient(None, clock), clock, interval=1.0)
     health.check_once()
-    health.startService()
+    timers = health_timers(health, clock)
+    for timer in timers:
+        timer.startService()
     clock.advance(1.0)
     clock.advance(1.0)
     assert membership.rounds == 4
-    health.stopService()
+    for timer in timers:
+        timer.stopService()
 
 
 def test_check_once_survives_a_failing_client() -> None:
     """Unexpected probe errors fail the peer and the seed, and later rounds go on."""
     clock = Clock()
     store = MemoryStore("127.0.0.1:9001")
-    membership = Membership(store.identity.node_id, dead_after=5)
+    membership = Membership(store.identity.node_id)
     membership.heard_from("127.0.0.1:9002", 0.0)
     node = Node(store, CLUSTER, clock)
     client = _FailingClient(clock)

@@ -213,8 +213,7 @@ def test_dead_peer_returning_gets_push_pull() -> None:
     a, b = net.add_many(2)
     net.mesh()
     now = net.clock.seconds()
-    a.membership.failed(b.id, now)
-    a.membership.failed(b.id, now)
+    a.membership.mark(b.id, PeerState.DEAD, now)
     assert a.membership.get(b.id).state is PeerState.DEAD
     a.increment(3)
     net.settle()
@@ -289,7 +288,7 @@ def test_received_heard_from_sender() -> None:
     net = Network()
     a, b = net.add_many(2)
     net.mesh()
-    a.membership.failed(b.id, net.clock.seconds())
+    a.membership.mark(b.id, PeerState.SUSPECT, net.clock.seconds())
     assert a.membership.get(b.id).state is PeerState.SUSPECT
     b.increment()
     net.settle()

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.application.internet import StreamServerEndpointService
+from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import IServiceMaker, MultiService
 from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
@@ -49,7 +49,8 @@ def test_defaults() -> None:
     assert o["join-dns"] is None
     assert o["data-dir"] == str(Path("dcounter-data") / "8088")
     assert not o["no-discovery"] and not o["in-memory"]
-    assert o["health-interval"] == 1.0
+    assert o["health-interval"] == 0.5
+    assert (o["probe-timeout"], o["indirect-probes"], o["suspicion-mult"]) == (2.0, 3, 2.0)
     assert o["announce-interval"] == 2.0
     assert o["anti-entropy-interval"] == 2.0
 
@@ -157,32 +158,38 @@ def test_bad_cluster(value: str) -> None:
 
 
 def test_failure_detector_options_reach_the_parts() -> None:
-    """--probe-timeout, --suspect-after and --dead-after are passed on."""
+    """--probe-timeout, --indirect-probes and --suspicion-mult are passed on."""
     service, _ = build(
-        "--probe-timeout", "1.5", "--suspect-after", "1", "--dead-after", "3", "--wait-timeout", "2"
+        "--probe-timeout", "1.5", "--indirect-probes", "1", "--suspicion-mult", "4", "--wait-timeout", "2"
     )
-    _, replicator, _, health, _ = children(service)
-    assert replicator.client.timeout == health.client.timeout == 1.5
-    assert (replicator.membership.suspect_after, replicator.membership.dead_after) == (1, 3)
+    replicator = children(service)[1]
+    assert replicator.client.timeout == 1.5
+    swim = replicator.swim
+    assert (swim.base_probe_timeout, swim.indirect, swim.suspicion_mult) == (1.5, 1, 4.0)
 
 
 def test_failure_detector_defaults() -> None:
     """
-    By default a peer is suspect and dead after two failed probes of 2 s
-    each: saturated peers answer within that (benchmarks/false_suspicions.py),
-    and a killed node, whose probes are refused at once, leaves /peers in
-    about two probe intervals.
+    A probe has 2 s (saturated peers answer within that:
+    benchmarks/false_suspicions.py); 3 indirect probes; a suspicion of
+    2 periods of 0.5 s up to 10 nodes, so that a killed node leaves /peers
+    within 3 s.
     """
     o = parse(*ADVERTISE)
-    assert (o["probe-timeout"], o["suspect-after"], o["dead-after"], o["wait-timeout"]) == (2.0, 2, 2, 5.0)
+    assert (o["probe-timeout"], o["indirect-probes"], o["suspicion-mult"], o["wait-timeout"]) == (
+        2.0,
+        3,
+        2.0,
+        5.0,
+    )
 
 
 @pytest.mark.parametrize(
     "args",
     [
-        ["--suspect-after", "3", "--dead-after", "2"],
-        ["--suspect-after", "0"],
-        ["--dead-after", "x"],
+        ["--suspicion-mult", "0.5"],
+        ["--indirect-probes", "0"],
+        ["--indirect-probes", "x"],
         ["--probe-timeout", "0"],
         ["--wait-timeout", "-1"],
     ],
@@ -223,7 +230,14 @@ def test_make_service_composition() -> None:
     service, _ = build()
     assert isinstance(service, StopInOrder)
     kinds = [type(s) for s in children(service)]
-    assert kinds == [NodeStateService, Replicator, StreamServerEndpointService, HealthChecker, Discovery]
+    assert kinds == [
+        NodeStateService,
+        Replicator,
+        StreamServerEndpointService,
+        TimerService,
+        TimerService,
+        Discovery,
+    ]
     assert isinstance(children(service)[0].node.store, MemoryStore)
     assert not service.running  # built, not started: nothing listens
 
@@ -233,7 +247,7 @@ def test_make_service_without_discovery() -> None:
     service, _ = build("--no-discovery")
     kinds = [type(s) for s in children(service)]
     assert Discovery not in kinds
-    assert kinds == [NodeStateService, Replicator, StreamServerEndpointService, HealthChecker]
+    assert kinds == [NodeStateService, Replicator, StreamServerEndpointService, TimerService, TimerService]
 
 
 def test_make_service_with_dns() -> None:
@@ -252,7 +266,13 @@ def test_make_service_settings_reach_the_parts() -> None:
         "--peers",
         "10.0.0.2:9100",
         "--health-interval",
-        "0.5",
+        "0.25",
+        "--probe-timeout",
+        "0.7",
+        "--indirect-probes",
+        "2",
+        "--suspicion-mult",
+        "5",
         "--anti-entropy-interval",
         "3",
         "--discovery-port",
@@ -262,10 +282,17 @@ def test_make_service_settings_reach_the_parts() -> None:
         "--announce-interval",
         "4",
     )
-    _, replicator, _, health, discovery = children(service)
+    _, replicator, _, probes, ticks, discovery = children(service)
+    health = probes.call[0].__self__
+    assert isinstance(health, HealthChecker)
+    assert (probes.call[0], probes.step, probes.clock) == (health.check_once, 0.25, reactor)
+    assert (ticks.call[0], ticks.step, ticks.clock) == (health.tick, 0.25 / 4, reactor)
     assert health.seeds == ["10.0.0.2:9100"]
-    assert health.step == 0.5
     assert health.clock is reactor
+    swim = health.swim
+    assert (swim.period, swim.base_probe_timeout, swim.indirect, swim.suspicion_mult) == (0.25, 0.7, 2, 5.0)
+    assert health.client.timeout == 0.7
+    assert replicator.swim is swim
     assert replicator.step == 3.0
     assert replicator.node.cluster == "blue"
     assert replicator.node.node_id == "10.0.0.1:9100"
