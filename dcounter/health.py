@@ -179,7 +179,7 @@ class HealthChecker:
         if known is None:
             return
         helpers = self.swim.helpers(peer) if known.state is not PeerState.DEAD else []
-        request = wire.ProbeRequest(self.node.node_id, peer, self.swim.rumors())
+        request = wire.ProbeRequest(self.node.node_id, peer, self.swim.rumors() if helpers else ())
         results = await DeferredList(
             [self.client.probe_through(h, request, timeout) for h in helpers], consumeErrors=True
         )

@@ -40,6 +40,7 @@ from typing import Any
 from twisted.application.internet import TimerService
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from dcounter import digest, wire
 from dcounter.admission import Admission, NotMember
@@ -361,6 +362,28 @@ class Replicator(TimerService):
             self.flush()
         except Exception:
             self.log.failure("anti-entropy round failed")
+
+    #: Peers a membership rumor is gossiped to at once (memberlist's
+    #: GossipNodes).
+    GOSSIP_TO = 3
+
+    def gossip(self) -> None:
+        """
+        If SWIM has news (a suspicion, a death, a refutation not yet sent),
+        send it at once to a few random live peers, on an empty push.
+        Never raises: it runs in a LoopingCall.
+        """
+        try:
+            if self.swim is None or not self.swim.news():
+                return
+            live = self.membership.live()
+            for peer in self._rng.sample(live, min(self.GOSSIP_TO, len(live))):
+                self.client.sync(peer, self._message({}, reply=False)).addErrback(self._gossip_failed, peer)
+        except Exception:
+            self.log.failure("gossip failed")
+
+    def _gossip_failed(self, reason: Failure, peer: str) -> None:
+        self.log.debug("gossip to {peer} failed: {reason}", peer=peer, reason=reason.value)
 
     def _peer_changed(self, peer: str, old: PeerState | None, new: PeerState | None) -> None:
         if new is PeerState.ALIVE and old in (None, PeerState.DEAD):

@@ -23,7 +23,10 @@ replicator carry the rumors it hands out and hand back the rumors they get.
  - B{Dissemination.}  Every change (alive at a higher generation, suspect,
    dead) is a rumor, piggybacked on the messages already sent (probes'
    answers, indirect probes and their answers, syncs), each rumor about
-   C{retransmit_mult * ceil(log10(n + 1))} times.
+   C{retransmit_mult * ceil(log10(n + 1))} times.  A rumor not yet sent is
+   L{news}: the replicator then gossips it at once to a few peers, as
+   memberlist's gossip loop does, instead of waiting for a message to
+   carry it.
  - B{Refutation.}  A node that hears it is suspect or dead at its current
    generation raises its generation and spreads that it is alive.  A rumor
    about another boot of a node (its C{incarnation}) than the one known is
@@ -52,7 +55,8 @@ from dcounter.wire import Rumor
 class Suspicion:
     """
     One suspicion of a peer (Lifeguard): its timer shortens with each peer
-    that independently confirms it.
+    that independently confirms it.  C{heard_from} holds the suspecting
+    peers, the first one included, which is not a confirmation.
     """
 
     generation: int
@@ -60,12 +64,23 @@ class Suspicion:
     min_timeout: float
     max_timeout: float
     expected: int
-    confirmed_by: set[str] = field(default_factory=set)
+    heard_from: set[str] = field(default_factory=set)
+    confirmations: int = 0
+
+    def confirm(self, source: str) -> bool:
+        """
+        @return: whether C{source} is a new, independent, confirmation.
+        """
+        if source in self.heard_from:
+            return False
+        self.heard_from.add(source)
+        self.confirmations += 1
+        return True
 
     def deadline(self) -> float:
         if self.expected <= 0:
             return self.start + self.min_timeout
-        done = min(len(self.confirmed_by), self.expected)
+        done = min(self.confirmations, self.expected)
         frac = math.log(done + 1) / math.log(self.expected + 1)
         timeout = self.max_timeout - frac * (self.max_timeout - self.min_timeout)
         return self.start + max(self.min_timeout, timeout)
@@ -93,7 +108,7 @@ class Swim:
         period: float = 0.5,
         probe_timeout: float = 2.0,
         indirect: int = 3,
-        suspicion_mult: float = 3.0,
+        suspicion_mult: float = 2.0,
         suspicion_max_mult: float = 6.0,
         retransmit_mult: int = 4,
         max_awareness: int = 8,
@@ -221,17 +236,15 @@ class Swim:
             return
         current = self._suspicions.get(peer)
         if current is not None and current.generation == generation:
-            if source != self.self_id and source not in current.confirmed_by:
-                current.confirmed_by.add(source)  # an independent confirmation
+            if current.confirm(source):  # passed on, so that others count it too
                 self._spread(Rumor("suspect", peer, incarnation, generation, source))
             return
         min_timeout, max_timeout, expected = self.suspicion_timeouts()
-        suspicion = Suspicion(generation, now, min_timeout, max_timeout, expected)
-        if source != self.self_id:
-            suspicion.confirmed_by.add(source)
+        suspicion = Suspicion(generation, now, min_timeout, max_timeout, expected, heard_from={source})
         self._suspicions[peer] = suspicion
         self.membership.mark(peer, PeerState.SUSPECT, now, generation)
-        self._spread(Rumor("suspect", peer, incarnation, generation, self.self_id))
+        # Passed on as its source said it: a node is never its own confirmation.
+        self._spread(Rumor("suspect", peer, incarnation, generation, source))
 
     def tick(self, now: float) -> list[str]:
         """
@@ -268,6 +281,12 @@ class Swim:
             self._suspicions.pop(peer, None)
         elif new is PeerState.ALIVE:
             self._suspicions.pop(peer, None)
+
+    def news(self) -> bool:
+        """
+        Whether a rumor was never sent yet: worth a message of its own.
+        """
+        return any(q.sent == 0 for q in self._queue.values())
 
     def rumors(self, limit: int = 16) -> tuple[Rumor, ...]:
         """

@@ -471,6 +471,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     strports.service(options["listen"], site, reactor=reactor).setServiceParent(top)
     for service in health_timers(health, reactor):
         service.setServiceParent(top)
+    every(interval / 4, replicator.gossip, reactor).setServiceParent(top)
     if discovery is not None:
         discovery.setServiceParent(top)
     if options["join-dns"] is not None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from random import Random
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -35,6 +36,7 @@ from dcounter.metrics import Metrics
 from dcounter.node import Node
 from dcounter.replication import Replicator
 from dcounter.store import MemoryStore
+from dcounter.swim import Swim
 
 CLUSTER = "dcounter"
 #: The peer client's request timeout, in (Clock) seconds.
@@ -106,6 +108,7 @@ def make_node(
     keys: Iterable[str] = (),
     admin_token: str | None = None,
     client_token: str | None = None,
+    indirect: int = 3,
     **membership_options: Any,
 ) -> TestNode:
     """
@@ -122,6 +125,15 @@ def make_node(
     guard = Guard(ring, node_id)
     client = PeerClient(http, clock, timeout=timeout, metrics=metrics, guard=guard)
     admission = Admission(membership, cluster, keyring=ring, retry_after=3 * health_interval)
+    # Seeded by the node's id: the order of probes is the same at each run.
+    swim = Swim(
+        membership,
+        node.identity.incarnation,
+        period=health_interval,
+        probe_timeout=timeout,
+        indirect=indirect,
+        rng=Random(node_id),
+    )
     health = HealthChecker(
         node,
         membership,
@@ -131,6 +143,7 @@ def make_node(
         seeds=seeds,
         metrics=metrics,
         admission=admission,
+        swim=swim,
     )
     replicator = Replicator(
         node,
@@ -140,6 +153,7 @@ def make_node(
         health.consider,
         interval=anti_entropy_interval,
         admission=health.admission,
+        swim=swim,
     )
     metrics.watch(node, membership, health, discovery, guard)
     api = CounterAPI(
@@ -227,6 +241,7 @@ class Network:
         self.clock = clock or Clock()
         self.nodes: dict[str, TestNode] = {}
         self.down: set[str] = set()
+        self.links_down: set[frozenset[str]] = set()
         self.held: dict[str, list[_Held]] = {}
         self.sent: list[Sent] = []
         self.max_requests = 5000
@@ -279,7 +294,12 @@ class Network:
             # A runaway retry loop: stop answering, so that the test fails
             # on its counts instead of spinning forever.
             return Deferred()
-        if to in self.down or sender in self.down or to not in self.nodes:
+        if (
+            to in self.down
+            or sender in self.down
+            or to not in self.nodes
+            or frozenset((sender, to)) in self.links_down
+        ):
             return fail(ConnectionRefusedError(to))
         return self.stub.request(method, url, **kwargs)
 
@@ -294,6 +314,13 @@ class Network:
 
     def heal(self, node_id: str) -> None:
         self.down.discard(node_id)
+
+    def cut_link(self, a: str, b: str) -> None:
+        """
+        Refuse connections between C{a} and C{b} only: each still reaches
+        every other node (a partial partition).
+        """
+        self.links_down.add(frozenset((a, b)))
 
     def hold(self, node_id: str) -> None:
         """

@@ -38,7 +38,7 @@ def net() -> Network:
 def test_peer_that_stops_answering_becomes_suspect_then_dead(net: Network) -> None:
     """
     A refused probe (and no one to ask in a cluster of two) makes a peer
-    suspect; the suspicion ends after 3 periods (suspicion_mult 3, log10 of
+    suspect; the suspicion ends after 2 periods (suspicion_mult 2, log10 of
     2 < 1): dead, it leaves /peers.
     """
     a, b = net.add_many(2)
@@ -50,7 +50,7 @@ def test_peer_that_stops_answering_becomes_suspect_then_dead(net: Network) -> No
     net.advance(1.0)
     assert state(a, b.id) is PeerState.SUSPECT
     assert net.call("GET", a.id, "/peers").json == [b.id]  # suspect: still listed
-    net.advance(2.75)
+    net.advance(1.75)
     assert state(a, b.id) is PeerState.SUSPECT
     net.advance(0.25)
     assert state(a, b.id) is PeerState.DEAD

@@ -234,8 +234,7 @@ def test_make_service_composition() -> None:
         NodeStateService,
         Replicator,
         StreamServerEndpointService,
-        TimerService,
-        TimerService,
+        *[TimerService] * 3,  # probes, suspicions and gossip
         Discovery,
     ]
     assert isinstance(children(service)[0].node.store, MemoryStore)
@@ -247,7 +246,7 @@ def test_make_service_without_discovery() -> None:
     service, _ = build("--no-discovery")
     kinds = [type(s) for s in children(service)]
     assert Discovery not in kinds
-    assert kinds == [NodeStateService, Replicator, StreamServerEndpointService, TimerService, TimerService]
+    assert kinds == [NodeStateService, Replicator, StreamServerEndpointService, *[TimerService] * 3]
 
 
 def test_make_service_with_dns() -> None:
@@ -282,7 +281,7 @@ def test_make_service_settings_reach_the_parts() -> None:
         "--announce-interval",
         "4",
     )
-    _, replicator, _, probes, ticks, discovery = children(service)
+    _, replicator, _, probes, ticks, gossip, discovery = children(service)
     health = probes.call[0].__self__
     assert isinstance(health, HealthChecker)
     assert (probes.call[0], probes.step, probes.clock) == (health.check_once, 0.25, reactor)
@@ -293,6 +292,7 @@ def test_make_service_settings_reach_the_parts() -> None:
     assert (swim.period, swim.base_probe_timeout, swim.indirect, swim.suspicion_mult) == (0.25, 0.7, 2, 5.0)
     assert health.client.timeout == 0.7
     assert replicator.swim is swim
+    assert (gossip.call[0], gossip.step) == (replicator.gossip, 0.25 / 4)
     assert replicator.step == 3.0
     assert replicator.node.cluster == "blue"
     assert replicator.node.node_id == "10.0.0.1:9100"
