@@ -99,6 +99,7 @@ class Membership:
         L{dcounter.admission.Admission}, the only caller that adds one.
         """
         peer = self._peers.get(peer_id)
+        reviving = peer is not None and peer.state is not PeerState.ALIVE
         if peer is None:
             peer = Peer(peer_id, PeerState.ALIVE, since=now, last_seen=now)
         peer.last_seen = now
@@ -106,8 +107,13 @@ class Membership:
         if incarnation is not None and incarnation != peer.incarnation:
             peer.incarnation = incarnation
             peer.generation = 0  # a new boot counts again from 0
+            reviving = False
         if generation is not None and generation > peer.generation:
             peer.generation = generation
+        elif reviving:
+            # Heard from directly, it outranks the rumors of its suspicion
+            # or death still going round: they are at its old generation.
+            peer.generation += 1
         self._set(peer, PeerState.ALIVE, now)
 
     def failed(self, peer_id: str, now: float) -> PeerState | None:

@@ -279,3 +279,20 @@ def test_every_listener_sees_every_transition():
     m.heard_from(A, 0.0)
     m.heard_from(A, 1.0)  # no transition
     assert calls == [f"first {A}", f"second {A}"]
+
+
+def test_heard_from_directly_outranks_the_rumors_of_its_death():
+    """
+    A suspect or dead peer heard from again (same boot) goes one generation
+    up: the stale rumors of its death no longer hold.
+    """
+    m, _ = table()
+    m.heard_from(A, 0.0, incarnation="i1", generation=2)
+    m.mark(A, DEAD, 1.0)
+    m.heard_from(A, 2.0, incarnation="i1", generation=2)
+    assert (m.get(A).state, m.get(A).generation) == (ALIVE, 3)
+    m.heard_from(A, 3.0, incarnation="i1")  # alive already: no change
+    assert m.get(A).generation == 3
+    m.mark(A, SUSPECT, 4.0)
+    m.heard_from(A, 5.0, incarnation="i1", generation=7)  # a higher generation of its own
+    assert m.get(A).generation == 7
