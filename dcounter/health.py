@@ -180,6 +180,7 @@ class HealthChecker:
             return
         helpers = self.swim.helpers(peer) if known.state is not PeerState.DEAD else []
         request = wire.ProbeRequest(self.node.node_id, peer, self.swim.rumors() if helpers else ())
+        asked = self.clock.seconds()
         results = await DeferredList(
             [self.client.probe_through(h, request, timeout) for h in helpers], consumeErrors=True
         )
@@ -190,8 +191,9 @@ class HealthChecker:
                 self._rumors_from(helper, result.rumors)
                 acks += result.ack
                 nacks += not result.ack
+        if helpers:
+            self.metrics.probe("indirect_ok" if acks else "indirect_failed", now - asked)
         if acks:
-            self.metrics.probe("indirect", self.clock.seconds() - now)
             self.swim.acked(peer, now)
         elif known.state is PeerState.DEAD:
             self.membership.failed(peer, now)

@@ -94,7 +94,7 @@ class Metrics:
             buckets=_BATCH,
             registry=r,
         )
-        for outcome in ("ok", "failed", "timeout", "wrong_node"):
+        for outcome in ("ok", "failed", "timeout", "wrong_node", "indirect_ok", "indirect_failed"):
             self.probes.labels(outcome)
         for outcome in ("ok", "failed"):
             self.pushes.labels(outcome)
@@ -105,7 +105,9 @@ class Metrics:
     def probe(self, outcome: str, seconds: float) -> None:
         """
         A probe of a peer ended: C{ok}, C{wrong_node} (answered as another
-        node or cluster), C{timeout} or C{failed}.
+        node or cluster), C{timeout} or C{failed}; or, after a direct probe
+        failed, the indirect probes through others: C{indirect_ok} (one of
+        them reached it) or C{indirect_failed}.
         """
         self.probes.labels(outcome).inc()
         self.probe_seconds.observe(seconds)

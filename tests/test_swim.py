@@ -183,6 +183,10 @@ def test_indirect_probe_keeps_a_peer_this_node_cannot_reach(net: Network) -> Non
     assert len(net.requests("GET", "/health", to=c.id)) >= len(asked)  # B probed C each time
     assert a.membership.get(c.id).state is ALIVE
     assert events == []
+    registry = a.health.metrics.registry
+    indirect_ok = registry.get_sample_value("dcounter_probes_total", {"outcome": "indirect_ok"})
+    assert indirect_ok == len(asked)
+    assert registry.get_sample_value("dcounter_probes_total", {"outcome": "indirect_failed"}) == 0
     _stop(a)
 
 
@@ -197,6 +201,8 @@ def test_indirect_probe_nack_then_suspect_then_dead(net: Network) -> None:
     assert answers
     assert a.membership.get(c.id).state is SUSPECT
     assert a.health.swim.awareness == 0  # B's nack: A is not the slow one
+    registry = a.health.metrics.registry
+    assert registry.get_sample_value("dcounter_probes_total", {"outcome": "indirect_failed"}) >= 1
     net.advance(2.0)
     assert a.membership.get(c.id).state is DEAD
     assert net.call("GET", a.id, "/peers").json == [b.id]
