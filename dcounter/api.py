@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import hmac
 import json
+import os
 import platform
+import signal
 from typing import Any
 
 from klein import Klein
@@ -29,6 +31,7 @@ from dcounter import __version__, digest, keyring, openapi, status, wire
 from dcounter.admission import AdmissionError
 from dcounter.counter import DEFAULT_COUNTER, CounterOverflow, TooManyCounters
 from dcounter.health import HealthChecker
+from dcounter.idempotency import KeyMismatch
 from dcounter.membership import Membership
 from dcounter.metrics import CONTENT_TYPE, Metrics
 from dcounter.node import Node
@@ -90,6 +93,7 @@ class CounterAPI:
         (CounterOverflow, 409),
         (TooManyCounters, 409),
         (BodyTooLarge, 413),
+        (KeyMismatch, 422),
         (AdmissionError, 502),
         (StoreError, 503),
     ]
@@ -107,6 +111,7 @@ class CounterAPI:
         admin_token: str | None = None,
         client_token: str | None = None,
         wait_timeout: float = 5.0,
+        crash_after_keyed_commit: bool = False,
     ) -> None:
         """
         @param guard: signs and checks node-to-node messages, once its
@@ -116,6 +121,8 @@ class CounterAPI:
         @param client_token: if set, the token every client endpoint needs.
         """
         self.node = node
+        #: FAULT TESTING ONLY: see L{dcounter.tap.FAULT_CRASH_ENV}.
+        self.crash_after_keyed_commit = crash_after_keyed_commit
         self.wait_timeout = wait_timeout
         self.membership = membership
         self.health_checker = health
@@ -455,14 +462,29 @@ class CounterAPI:
         many do.
         """
         wait = wire.write_concern(request.args.get(b"wait"))
-        written = self.node.add(name, amount)
-        slot = self.node.own_slot(name)  # this write's, before any later one
-        body.update(count=await written, node_id=self.node.node_id)
+        key = wire.idempotency_key(request.requestHeaders.getRawHeaders(b"Idempotency-Key"))
+        if key is None:
+            written = self.node.add(name, amount)
+            slot = self.node.own_slot(name)  # this write's, before any later one
+            body.update(count=await written, node_id=self.node.node_id)
+        else:
+            replay = self.node.replay(key, [(name, amount)])
+            if replay is not None:
+                # Answer as the first did, and change nothing.
+                await replay.durable
+                request.setHeader(b"Idempotent-Replayed", b"true")
+                body.update(count=replay.entry.writes[0][2], node_id=self.node.node_id)
+                return _json(request, body)
+            keyed = self.node.add_keyed(key, [(name, amount)])
+            slot = self.node.own_slot(name)
+            body.update(count=(await keyed).writes[0][2], node_id=self.node.node_id)
+            if self.crash_after_keyed_commit:
+                os.kill(os.getpid(), signal.SIGKILL)
         if wait is None:
             return _json(request, body)
         needed = len(self.membership.live()) if wait == "all" else int(wait)
-        key = (name, self.node.replica)
-        body["replicated"] = await self.replicator.replicated(key, slot, needed, self.wait_timeout)
+        own = (name, self.node.replica)
+        body["replicated"] = await self.replicator.replicated(own, slot, needed, self.wait_timeout)
         body["wait"] = needed
         return _json(request, body, 200 if body["replicated"] >= needed else 202)
 
@@ -548,7 +570,8 @@ class HotPaths(Resource):
     server's CPU for a one-line handler.  A request whose path needs
     decoding (C{%}), a trailing slash, or another method goes to Klein, so
     redirects, 404s and 405s stay Klein's; so does a request with a query
-    string, whose parameters only Klein's handlers read.
+    string, whose parameters only Klein's handlers read, and a request with
+    an C{Idempotency-Key}, whose keyed handling is Klein's handlers'.
     """
 
     isLeaf = True
@@ -563,6 +586,8 @@ class HotPaths(Resource):
     def render(self, request: Any) -> Any:
         method, path = request.method, request.path
         if b"?" in request.uri:  # query parameters are Klein's handlers' to read
+            return self.fallback.render(request)
+        if request.requestHeaders.hasHeader(b"Idempotency-Key"):  # keyed writes are Klein's
             return self.fallback.render(request)
         try:
             if path == b"/count":

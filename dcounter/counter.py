@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from dcounter.idempotency import Entry, KeyBook, KeyState
+
 #: The largest total one slot may hold: SQLite's INTEGER is a signed 64-bit
 #: number, and every store must be able to keep every slot.
 MAX_SLOT = 2**63 - 1
@@ -71,6 +73,8 @@ class Counters:
         self.max_counters: int | None = None
         #: counters in merged state left out for want of room, since start.
         self.refused = 0
+        #: Idempotency keys: what they take back from values is part of them.
+        self.keys = KeyBook()
         if state:
             self.merge(state)
         self.max_counters = max_counters
@@ -90,13 +94,14 @@ class Counters:
         """
         The value of counter C{name}: 0 for a counter never written.
         """
-        return _served(self._values.get(name, 0))
+        return _served(self._values.get(name, 0) + self.keys.adjustment(name))
 
     def values(self) -> dict[str, int]:
         """
         Every counter's value, by name.
         """
-        return {name: _served(value) for name, value in self._values.items()}
+        adjust = self.keys.adjustments()
+        return {name: _served(v + adjust.get(name, 0)) for name, v in self._values.items()}
 
     def slot(self, name: str, replica: str) -> Slot:
         return self._slots.get(name, {}).get(replica, (0, 0))
@@ -191,6 +196,64 @@ class Counters:
             else:
                 self._values[name] = self._values.get(name, 0) + delta
         return grown
+
+    def add_keyed(
+        self, key: str, replica: str, digest: str, amounts: list[tuple[str, int]], now: float
+    ) -> Entry:
+        """
+        Count a keyed request: each (counter, amount) in C{replica}'s own
+        slots, and the key with them.  All or nothing.
+
+        @raise CounterOverflow: if any slot would overflow; nothing changes.
+        """
+        self.check(replica, amounts)
+        writes = []
+        for name, amount in amounts:
+            self.add(name, replica, amount)
+            writes.append((name, amount, self.value(name)))
+        entry = Entry(now, digest, tuple(writes))
+        self.keys.record(key, replica, entry)
+        return entry
+
+    def check(self, replica: str, amounts: list[tuple[str, int]]) -> None:
+        """
+        @raise CounterOverflow: if adding C{amounts} to C{replica}'s slots
+            would overflow one.
+        """
+        totals: dict[str, tuple[int, int]] = {}
+        for name, amount in amounts:
+            p, n = totals.get(name, self.slot(name, replica))
+            p, n = (p + amount, n) if amount > 0 else (p, n - amount)
+            if p > MAX_SLOT or n > MAX_SLOT:
+                raise CounterOverflow(f"counter {name!r} would overflow")
+            totals[name] = (p, n)
+
+    def merge_keys(self, keys: KeyState, now: float, window: float) -> list[str]:
+        """Merge another replica's idempotency keys; return those that changed."""
+        return self.keys.merge(keys, now, window)
+
+    def settle(self, replica: str) -> tuple[list[SlotKey], list[str]]:
+        """
+        Take back, in C{replica}'s own slots, each keyed write that this
+        replica (or an earlier incarnation of its node) counted but another
+        replica won, once.  Values do not change.
+
+        @return: the slots and the keys changed.
+        """
+        slots: set[SlotKey] = set()
+        keys = []
+        for key, loser, entry in self.keys.unsettled(replica):
+            amounts = [(name, -amount) for name, amount in entry.amounts().items() if amount]
+            try:
+                self.check(replica, amounts)
+            except CounterOverflow:
+                continue  # the value stays right; only the key cannot be forgotten
+            for name, amount in amounts:
+                self.add(name, replica, amount)
+                slots.add((name, replica))
+            self.keys.settle(key, loser, replica)
+            keys.append(key)
+        return sorted(slots), keys
 
     def state(self, keys: Iterable[SlotKey] | None = None) -> dict[str, dict[str, Slot]]:
         """

@@ -11,6 +11,8 @@ more of its own slot than it does, and cannot count the same number twice.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
@@ -20,18 +22,54 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from dcounter.counter import Counters, Slot, SlotKey, State
+from dcounter.idempotency import Entry, KeyState, Record
 from dcounter.store import Store
 
 T = TypeVar("T")
 
-#: Told of local writes once they are durable, with the slots they changed.
-WriteListener = Callable[[list[SlotKey]], None]
+#: Told of local writes once they are durable, with the slots and the
+#: idempotency keys they changed.
+WriteListener = Callable[[list[SlotKey], list[str]], None]
+
+#: How long an idempotency key is remembered by default: a day, as payment
+#: APIs do.
+KEY_WINDOW = 24 * 3600.0
+#: The most idempotency keys remembered by default.
+MAX_KEYS = 50_000
+
+
+def digest(amounts: list[tuple[str, int]]) -> str:
+    """What identifies a keyed request's body: its writes, in order."""
+    return hashlib.sha256(json.dumps(amounts, separators=(",", ":")).encode()).hexdigest()[:32]
+
+
+class Replay:
+    """
+    A keyed request seen before: the first one's answer, once durable.
+    """
+
+    def __init__(self, entry: Entry, durable: Deferred[None]) -> None:
+        self.entry = entry
+        self.durable = durable
 
 
 class Node:
     log = Logger()
 
-    def __init__(self, store: Store, cluster: str, clock: Any, *, max_counters: int | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        cluster: str,
+        clock: Any,
+        *,
+        key_window: float = KEY_WINDOW,
+        max_keys: int = MAX_KEYS,
+        max_counters: int | None = None,
+    ) -> None:
+        self.key_window = key_window
+        self.max_keys = max_keys
+        #: own keys not durable yet -> waiters for them
+        self._undurable: dict[str, list[Deferred[None]]] = {}
         self.store = store
         self.identity = store.identity
         self.cluster = cluster
@@ -55,6 +93,8 @@ class Node:
         for name, slots in state.items():
             if self.replica in slots:
                 self._mark_durable(name, slots[self.replica])
+        self.counters.merge_keys(self.store.load_keys(), self.clock.seconds(), self.key_window)
+        self._settle()
 
     @property
     def node_id(self) -> str:
@@ -90,7 +130,7 @@ class Node:
             self._mark_durable(name, slot)
             key = (name, self.replica)
             for listener in self._listeners:
-                listener([key])
+                listener([key], [])
             return value
 
         saved = self.store.save({name: {self.replica: slot}}).addCallback(durable)
@@ -129,11 +169,96 @@ class Node:
                 self._mark_durable(name, slot)
             keys = [(name, self.replica) for name in slots]
             for listener in self._listeners:
-                listener(keys)
+                listener(keys, [])
             return values
 
         saved = self.store.save({name: {self.replica: slot} for name, slot in slots.items()})
         return self._answer(saved.addCallback(durable), ", ".join(sorted(slots)))
+
+    def replay(self, key: str, amounts: list[tuple[str, int]]) -> Replay | None:
+        """
+        The answer to give a request with C{key} seen before, or None.
+
+        @raise dcounter.idempotency.KeyMismatch: the key was used for a
+            different request.
+        """
+        entry = self.counters.keys.lookup(key, digest(amounts))
+        if entry is None:
+            return None
+        waiter: Deferred[None] = Deferred()
+        if key in self._undurable:
+            self._undurable[key].append(waiter)
+        else:
+            waiter.callback(None)
+        return Replay(entry, waiter)
+
+    def add_keyed(self, key: str, amounts: list[tuple[str, int]]) -> Deferred[Entry]:
+        """
+        Count C{amounts} ((counter, signed amount) pairs) under idempotency
+        key C{key}, never seen before (see L{replay}): the writes and the
+        key become durable in one commit.
+
+        @return: a Deferred firing with the key's entry once durable.
+        @raise dcounter.counter.CounterOverflow: at once, changing nothing.
+        """
+        entry = self.counters.add_keyed(key, self.replica, digest(amounts), amounts, self.clock.seconds())
+        names = sorted({name for name, _ in amounts})
+        slots = {name: {self.replica: self.counters.slot(name, self.replica)} for name in names}
+        return self._save(slots, [key]).addCallback(lambda _: entry)
+
+    def _save(self, slots: dict[str, dict[str, Slot]], keys: list[str]) -> Deferred[None]:
+        """
+        Make own C{slots} and own C{keys} durable together; then tell the
+        listeners.  The result is not cancelled by a caller that leaves.
+        """
+        for key in keys:
+            self._undurable.setdefault(key, [])
+
+        def durable(_: None) -> None:
+            for name, replicas in slots.items():
+                self._mark_durable(name, replicas[self.replica])
+            for key in keys:
+                for waiter in self._undurable.pop(key, []):
+                    waiter.callback(None)
+            slot_keys = [(name, self.replica) for name in slots]
+            for listener in self._listeners:
+                listener(slot_keys, keys)
+
+        def failed(f: Failure) -> Failure:
+            for key in keys:
+                for waiter in self._undurable.pop(key, []):
+                    waiter.errback(f)
+            return f
+
+        saved = self.store.save(slots, self.counters.keys.state(keys)).addCallbacks(durable, failed)
+        answer: Deferred[None] = Deferred()
+
+        def deliver(result: None | Failure) -> None:
+            if not answer.called:
+                answer.callback(result) if not isinstance(result, Failure) else answer.errback(result)
+            elif isinstance(result, Failure):
+                self.log.failure("a keyed write failed after its caller left", result)
+
+        saved.addBoth(deliver)
+        return answer
+
+    def _settle(self) -> None:
+        """Take back, once, the keyed writes this node counted but lost."""
+        slot_keys, keys = self.counters.settle(self.replica)
+        if keys:
+            self.log.info("took back {n} keyed writes counted elsewhere first", n=len(keys))
+            self._save(self.counters.state(slot_keys), keys).addErrback(
+                lambda f: self.log.failure("could not store settled keys", f)
+            )
+
+    def expire_keys(self) -> list[str]:
+        """Forget the keys past the window or beyond the count bound."""
+        gone = self.counters.keys.expire(self.clock.seconds(), self.key_window, self.max_keys)
+        if gone:
+            self.store.save({}, forget=gone).addErrback(
+                lambda f: self.log.failure("could not forget keys", f)
+            )
+        return gone
 
     def raise_to(self, name: str, target: int) -> Deferred[int]:
         """
@@ -145,13 +270,20 @@ class Node:
             return succeed(current)
         return self.add(name, target - current)
 
-    def merge(self, state: State) -> list[SlotKey]:
+    def merge(self, state: State, keys: KeyState | None = None) -> list[SlotKey]:
         """
-        Merge a peer's state; store what grew.
+        Merge a peer's state and keys; store what grew; take back what this
+        node counted of a key another replica won.
 
         @return: the slots that grew.
         """
         grown = self.counters.merge(state)
+        new_keys = self.counters.merge_keys(keys, self.clock.seconds(), self.key_window) if keys else []
+        if new_keys:
+            self.store.save({}, self.counters.keys.state(new_keys)).addErrback(
+                lambda f: self.log.failure("could not store merged keys", f)
+            )
+            self._settle()
         if grown:
             self.version += 1
             changed = self.counters.state(grown)
@@ -185,6 +317,16 @@ class Node:
                 else:
                     slots[self.replica] = durable
         return {name: slots for name, slots in state.items() if slots}
+
+    def outgoing_keys(self, keys: Iterable[str] | None = None) -> dict[str, Record]:
+        """
+        Idempotency keys to send to peers: all, or C{keys}; not those with
+        a part of this node's not durable yet (they go with their slots).
+        """
+        state = self.counters.keys.state(keys)
+        for key in self._undurable:
+            state.pop(key, None)
+        return state
 
     def own_slots(self) -> dict[str, Slot]:
         """This node's own slot in each counter, as far as it is durable."""

@@ -34,7 +34,8 @@ not be delivered is logged.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from twisted.application.internet import TimerService
@@ -97,6 +98,8 @@ class Replicator(TimerService):
         self.consider = consider
         self._rng = rng or random.Random()
         self._outbox: dict[str, set[SlotKey]] = {}
+        #: peer -> idempotency keys to push with the slots
+        self._key_outbox: dict[str, set[str]] = {}
         self._in_flight: set[str] = set()
         self._flush_call: Any = None
         #: The digest of our outgoing state, and the node's version it is of.
@@ -130,7 +133,9 @@ class Replicator(TimerService):
             return
         peers = list(sends)
         pushes = [
-            self._send(peer, self.node.outgoing(sends[peer])).addTimeout(self.stop_timeout, self.clock)
+            self._send(
+                peer, self.node.outgoing(sends[peer]), self.node.outgoing_keys(self._key_outbox.get(peer, ()))
+            ).addTimeout(self.stop_timeout, self.clock)
             for peer in peers
         ]
         results = await DeferredList(pushes, consumeErrors=True)
@@ -224,8 +229,9 @@ class Replicator(TimerService):
 
     # Outgoing.
 
-    def _message(self, state: Any, reply: bool) -> wire.Sync:
+    def _message(self, state: Any, reply: bool, keys: Any = None) -> wire.Sync:
         return wire.Sync(
+            keys=keys or {},
             sender=self.node.node_id,
             incarnation=self.node.identity.incarnation,
             cluster=self.node.cluster,
@@ -235,9 +241,11 @@ class Replicator(TimerService):
             rumors=self.swim.rumors() if self.swim is not None else (),
         )
 
-    def local_write(self, keys: list[SlotKey]) -> None:
+    def local_write(self, keys: list[SlotKey], idem: Sequence[str] = ()) -> None:
         for peer in self.membership.live():
             self._outbox.setdefault(peer, set()).update(keys)
+            if idem:
+                self._key_outbox.setdefault(peer, set()).update(idem)
         if self._flush_call is None:
             self._flush_call = self.clock.callLater(0, self.flush)
 
@@ -249,20 +257,20 @@ class Replicator(TimerService):
         for peer, keys in list(self._outbox.items()):
             if keys and peer not in self._in_flight:
                 self._outbox[peer] = set()
-                self._push(peer, keys)
+                self._push(peer, keys, self._key_outbox.pop(peer, set()))
 
-    def _send(self, peer: str, state: State) -> Deferred[wire.Sync | None]:
+    def _send(self, peer: str, state: State, idem: Any = None) -> Deferred[wire.Sync | None]:
         """Push C{state} to C{peer}; once it acknowledges, it holds it."""
 
         def held(reply: wire.Sync | None) -> wire.Sync | None:
             self._record_held(peer, state)
             return reply
 
-        return self.client.sync(peer, self._message(state, reply=False)).addCallback(held)
+        return self.client.sync(peer, self._message(state, reply=False, keys=idem)).addCallback(held)
 
-    def _push(self, peer: str, keys: set[SlotKey]) -> None:
+    def _push(self, peer: str, keys: set[SlotKey], idem: AbstractSet[str] = frozenset()) -> None:
         self._in_flight.add(peer)
-        d = self._send(peer, self.node.outgoing(keys))
+        d = self._send(peer, self.node.outgoing(keys), self.node.outgoing_keys(idem) if idem else None)
 
         def sent(_: object) -> None:
             self._in_flight.discard(peer)
@@ -276,6 +284,8 @@ class Replicator(TimerService):
             self._in_flight.discard(peer)
             if peer in self._outbox:
                 self._outbox[peer].update(keys)
+                if idem:
+                    self._key_outbox.setdefault(peer, set()).update(idem)
             self.log.debug("push to {peer} failed: {reason}", peer=peer, reason=reason.value)
 
         d.addCallbacks(sent, failed)
@@ -338,7 +348,7 @@ class Replicator(TimerService):
         does not know /digest.
         """
         state = self.node.outgoing()
-        d = self.client.sync(peer, self._message(state, reply=True))
+        d = self.client.sync(peer, self._message(state, reply=True, keys=self.node.outgoing_keys()))
 
         def merge(reply: wire.Sync | None) -> None:
             self._record_held(peer, state)
@@ -391,6 +401,7 @@ class Replicator(TimerService):
             self.exchange(peer)
         elif new in (None, PeerState.DEAD):
             self._outbox.pop(peer, None)
+            self._key_outbox.pop(peer, None)
         if new is None:
             self._holds.pop(peer, None)
 
@@ -409,11 +420,11 @@ class Replicator(TimerService):
         @raise NotMember: if its sender was not admitted; nothing changes.
         """
         self._admitted(sync.cluster, sync.sender)
-        self.node.merge(sync.state)
+        self.node.merge(sync.state, sync.keys)
         self._record_held(sync.sender, sync.state)
         self._heard(sync.sender, sync.incarnation, sync.members, sync.rumors)
         if sync.reply:
-            return self._message(self.node.outgoing(), reply=False)
+            return self._message(self.node.outgoing(), reply=False, keys=self.node.outgoing_keys())
         return None
 
     def received_digest(self, message: wire.Digest) -> wire.DigestReply:

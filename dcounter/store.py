@@ -19,10 +19,11 @@ stay, as state like any other.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import secrets
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, Protocol
 
@@ -35,6 +36,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from dcounter.counter import Slot, State
+from dcounter.idempotency import Entry, KeyState, Record
 from dcounter.metrics import Metrics
 
 
@@ -61,8 +63,16 @@ class Store(Protocol):
     def load(self) -> State:
         """The state stored so far."""
 
-    def save(self, state: State) -> Deferred[None]:
-        """Make these slots durable; fires once they are."""
+    def load_keys(self) -> dict[str, Record]:
+        """The idempotency keys stored so far."""
+
+    def save(
+        self, state: State, keys: KeyState | None = None, forget: list[str] | None = None
+    ) -> Deferred[None]:
+        """
+        Make these slots and idempotency keys durable, and forget the keys
+        of C{forget}, in one commit; fires once they are.
+        """
 
     def start(self) -> None: ...
 
@@ -91,7 +101,12 @@ class MemoryStore:
     def load(self) -> State:
         return {}
 
-    def save(self, state: State) -> Deferred[None]:
+    def load_keys(self) -> dict[str, Record]:
+        return {}
+
+    def save(
+        self, state: State, keys: KeyState | None = None, forget: list[str] | None = None
+    ) -> Deferred[None]:
         return succeed(None)
 
     def start(self) -> None:
@@ -109,6 +124,20 @@ CREATE TABLE IF NOT EXISTS slots (
     p INTEGER NOT NULL,
     n INTEGER NOT NULL,
     PRIMARY KEY (counter, replica)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS idem_entries (
+    key TEXT NOT NULL,
+    replica TEXT NOT NULL,
+    at REAL NOT NULL,
+    digest TEXT NOT NULL,
+    writes TEXT NOT NULL,
+    PRIMARY KEY (key, replica)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS idem_settled (
+    key TEXT NOT NULL,
+    loser TEXT NOT NULL,
+    settler TEXT NOT NULL,
+    PRIMARY KEY (key, loser, settler)
 ) WITHOUT ROWID;
 """
 
@@ -186,6 +215,8 @@ class SQLiteStore:
         self._db: sqlite3.Connection | None = None
         self._stopped = False
         self._pending: dict[tuple[str, str], Slot] = {}
+        self._pending_keys: dict[str, Record] = {}
+        self._pending_forget: set[str] = set()
         self._waiting: list[Deferred[None]] = []
         self._committing: Deferred[None] | None = None
         self._idle: list[Deferred[None]] = []
@@ -243,6 +274,19 @@ class SQLiteStore:
             state.setdefault(counter, {})[replica] = (p, n)
         return state
 
+    def load_keys(self) -> dict[str, Record]:
+        assert self._db is not None, "load_keys() before start()"
+        keys: dict[str, Record] = {}
+        for key, replica, at, digest, writes in self._db.execute(
+            "SELECT key, replica, at, digest, writes FROM idem_entries"
+        ):
+            entry = Entry(at, digest, tuple((n, a, c) for n, a, c in json.loads(writes)))
+            keys.setdefault(key, Record({}, {})).entries[replica] = entry
+        for key, loser, settler in self._db.execute("SELECT key, loser, settler FROM idem_settled"):
+            if key in keys:
+                keys[key].settled.setdefault(loser, set()).add(settler)
+        return keys
+
     def stop(self) -> Deferred[None]:
         """
         Commit what is pending (saves made meanwhile included), then release
@@ -269,9 +313,12 @@ class SQLiteStore:
             self._lock.close()
             self._lock = None
 
-    def save(self, state: State) -> Deferred[None]:
+    def save(
+        self, state: State, keys: KeyState | None = None, forget: list[str] | None = None
+    ) -> Deferred[None]:
         """
-        Make these slots durable.  The result fires once they are committed,
+        Make these slots and keys durable, and forget C{forget}, in one
+        transaction.  The result fires once they are committed,
         or fails with L{StoreError}: the database's error, or the store is
         not running.
         """
@@ -283,6 +330,21 @@ class SQLiteStore:
             for replica, (p, n) in replicas.items():
                 old_p, old_n = pending.get((counter, replica), (0, 0))
                 pending[(counter, replica)] = (max(p, old_p), max(n, old_n))
+        for key, record in (keys or {}).items():
+            self._pending_forget.discard(key)
+            old = self._pending_keys.get(key)
+            if old is not None:
+                record = Record(
+                    {**old.entries, **record.entries},
+                    {
+                        loser: old.settled.get(loser, set()) | record.settled.get(loser, set())
+                        for loser in {*old.settled, *record.settled}
+                    },
+                )
+            self._pending_keys[key] = record
+        for key in forget or ():
+            self._pending_keys.pop(key, None)
+            self._pending_forget.add(key)
         waiter: Deferred[None] = Deferred()
         self._waiting.append(waiter)
         if self._committing is None:
@@ -291,10 +353,23 @@ class SQLiteStore:
 
     def _commit_next(self) -> None:
         batch, waiting = self._pending, self._waiting
+        keys, forget = self._pending_keys, self._pending_forget
         self._pending, self._waiting = {}, []
+        self._pending_keys, self._pending_forget = {}, set()
         rows = [(c, r, p, n) for (c, r), (p, n) in batch.items()]
+        entries = [
+            (key, r, e.at, e.digest, json.dumps(e.writes, separators=(",", ":")))
+            for key, record in keys.items()
+            for r, e in record.entries.items()
+        ]
+        settled = [
+            (key, loser, s)
+            for key, record in keys.items()
+            for loser, ss in record.settled.items()
+            for s in ss
+        ]
         started = self._clock.seconds()
-        self._committing = self._worker.run(self._write, rows)
+        self._committing = self._worker.run(self._write, rows, entries, settled, sorted(forget))
 
         def done(result: object) -> None:
             if not isinstance(result, Failure):
@@ -313,12 +388,22 @@ class SQLiteStore:
 
         self._committing.addBoth(done)
 
-    def _write(self, rows: list[tuple[str, str, int, int]]) -> None:
+    def _write(
+        self,
+        rows: list[tuple[str, str, int, int]],
+        entries: Sequence[tuple[str, str, float, str, str]] = (),
+        settled: Sequence[tuple[str, str, str]] = (),
+        forget: Sequence[str] = (),
+    ) -> None:
         db = self._db
         assert db is not None
         try:
             with db:
                 db.execute("BEGIN IMMEDIATE")
                 db.executemany(_UPSERT, rows)
+                db.executemany("INSERT OR IGNORE INTO idem_entries VALUES (?, ?, ?, ?, ?)", entries)
+                db.executemany("INSERT OR IGNORE INTO idem_settled VALUES (?, ?, ?)", settled)
+                db.executemany("DELETE FROM idem_entries WHERE key = ?", [(k,) for k in forget])
+                db.executemany("DELETE FROM idem_settled WHERE key = ?", [(k,) for k in forget])
         except sqlite3.Error as e:
             raise StoreError(f"could not commit to the data directory: {e}") from e

@@ -38,7 +38,7 @@ from dcounter.discovery import Discovery, DNSJoin, default_broadcasts
 from dcounter.health import HealthChecker
 from dcounter.membership import Membership
 from dcounter.metrics import Metrics
-from dcounter.node import Node, NodeStateService
+from dcounter.node import KEY_WINDOW, MAX_KEYS, Node, NodeStateService
 from dcounter.replication import Replicator
 from dcounter.store import MemoryStore, SQLiteStore, StoreError, ThreadWorker
 from dcounter.swim import Swim
@@ -191,6 +191,20 @@ class Options(usage.Options):
             5.0,
             "Seconds a write with ?wait=N waits for N peers to hold it.",
             _float("--wait-timeout", 0.0),
+        ],
+        [
+            "idempotency-window",
+            None,
+            KEY_WINDOW,
+            "Seconds an Idempotency-Key is remembered, cluster-wide.",
+            _float("--idempotency-window", 1.0),
+        ],
+        [
+            "idempotency-max-keys",
+            None,
+            MAX_KEYS,
+            "The most Idempotency-Keys remembered; beyond it the oldest are forgotten.",
+            _positive_int("--idempotency-max-keys"),
         ],
         [
             "anti-entropy-interval",
@@ -372,6 +386,25 @@ def check_listen(description: str, reactor: Any) -> None:
             raise SystemExit(f"dcounter: cannot listen on {where}: {why}") from None
 
 
+#: Seconds between sweeps that forget expired idempotency keys.
+KEY_EXPIRY_PERIOD = 60.0
+#: FAULT TESTING ONLY: set to 1, a node kills itself (SIGKILL) right after a
+#: keyed write is durable, before answering it or replicating it.
+FAULT_CRASH_ENV = "DCOUNTER_FAULT_CRASH_AFTER_KEYED_COMMIT"
+
+
+def _logged(f: Any, what: str) -> Any:
+    """A timer's callable that logs its errors instead of ending the timer."""
+
+    def run() -> None:
+        try:
+            f()
+        except Exception:
+            log.failure("failed " + what)
+
+    return run
+
+
 def makeService(options: Options, reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor
@@ -395,7 +428,14 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     top = logs.NodeService(
         None if output is None else logs.observer(output, options["log-format"], options["log-level"])
     )
-    node = Node(store, options["cluster"], reactor, max_counters=options["max-counters"])
+    node = Node(
+        store,
+        options["cluster"],
+        reactor,
+        key_window=options["idempotency-window"],
+        max_keys=options["idempotency-max-keys"],
+        max_counters=options["max-counters"],
+    )
     NodeStateService(node).setServiceParent(top)
     membership = Membership(node_id)
     interval, timeout = options["health-interval"], options["probe-timeout"]
@@ -465,6 +505,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         admin_token=options["admin-token"],
         client_token=options["client-token"],
         wait_timeout=options["wait-timeout"],
+        # FAULT TESTING ONLY (tests/faults): SIGKILL this process right after a
+        # keyed write commits, before it is answered or replicated.
+        crash_after_keyed_commit=os.environ.get(FAULT_CRASH_ENV) == "1",
     )
     site = CounterSite(api, options["access-log"], reactor)
     replicator.setServiceParent(top)
@@ -477,6 +520,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if options["join-dns"] is not None:
         name, port = options["join-dns"]
         DNSJoin(name, port, reactor.nameResolver, health.consider, reactor).setServiceParent(top)
+    expiry = TimerService(KEY_EXPIRY_PERIOD, _logged(node.expire_keys, "forgetting idempotency keys"))
+    expiry.setName("idempotency-key-expiry")
+    expiry.setServiceParent(top)
     log.info(
         "dcounter node {node_id} (replica {replica}) of cluster {cluster}: HTTP on {listen}, "
         "{data}, discovery {discovery}, seeds {seeds}",

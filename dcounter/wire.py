@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dcounter.counter import MAX_SLOT, Slot, State
+from dcounter.idempotency import Entry, KeyState, Record
 
 #: A JSON request body larger than this is refused (413) before it is parsed.
 MAX_BODY = 64 * 1024
@@ -187,6 +188,102 @@ def write_concern(values: list[bytes] | None) -> int | str | None:
     return int(value)
 
 
+#: The longest Idempotency-Key accepted.
+MAX_KEY = 128
+#: The most idempotency keys one sync message may carry.
+MAX_SYNC_KEYS = 1_000_000
+
+
+def idempotency_key(values: list[bytes] | None) -> str | None:
+    """
+    The C{Idempotency-Key} request header: None (absent), or the key, 1 to
+    L{MAX_KEY} printable ASCII characters.  The draft makes it a structured
+    field string (C{"..."}); a bare value is taken as it is.
+    """
+    if not values:
+        return None
+    if len(values) != 1:
+        raise MalformedMessage("give the Idempotency-Key header at most once")
+    raw = values[0]
+    if len(raw) >= 2 and raw[:1] == b'"' and raw[-1:] == b'"':
+        raw = raw[1:-1].replace(b'\\"', b'"').replace(b"\\\\", b"\\")
+    if not 1 <= len(raw) <= MAX_KEY or not all(0x20 <= c <= 0x7E for c in raw):
+        raise MalformedMessage(f"an Idempotency-Key must be 1 to {MAX_KEY} printable ASCII characters")
+    return raw.decode("ascii")
+
+
+def _key(value: object) -> str:
+    if (
+        not isinstance(value, str)
+        or not 1 <= len(value) <= MAX_KEY
+        or not all(" " <= c <= "~" for c in value)
+    ):
+        raise MalformedMessage(f"an idempotency key must be 1 to {MAX_KEY} printable ASCII characters")
+    return value
+
+
+def encode_keys(keys: KeyState) -> dict[str, Any]:
+    """
+    C{{key: {"e": {replica: [at, digest, [[counter, amount, count], ...]]},
+    "s": {loser: [settler, ...]}}}}.
+    """
+    return {
+        key: {
+            "e": {r: [e.at, e.digest, [list(w) for w in e.writes]] for r, e in rec.entries.items()},
+            "s": {loser: sorted(settlers) for loser, settlers in rec.settled.items()},
+        }
+        for key, rec in keys.items()
+    }
+
+
+def _entry(value: object) -> Entry:
+    if not isinstance(value, list) or len(value) != 3:
+        raise MalformedMessage("each key entry must be [at, digest, writes]")
+    at, digest, writes = value
+    if isinstance(at, bool) or not isinstance(at, int | float) or not 0 <= at < 1e12:
+        raise MalformedMessage("a key entry's time must be a number of seconds")
+    if not isinstance(digest, str) or len(digest) > 128:
+        raise MalformedMessage("a key entry's digest must be a short string")
+    if not isinstance(writes, list) or not 1 <= len(writes) <= MAX_BATCH:
+        raise MalformedMessage(f"a key entry has 1 to {MAX_BATCH} writes")
+    out = []
+    for w in writes:
+        if not isinstance(w, list) or len(w) != 3:
+            raise MalformedMessage("each write of a key entry must be [counter, amount, count]")
+        name, amt, count = w
+        counter_name(name)
+        for v in (amt, count):
+            if isinstance(v, bool) or not isinstance(v, int) or not -MAX_SLOT <= v <= MAX_SLOT:
+                raise MalformedMessage("a key entry's amounts and counts must be 64-bit integers")
+        out.append((name, amt, count))
+    return Entry(float(at), digest, tuple(out))
+
+
+def decode_keys(value: object) -> dict[str, Record]:
+    if not isinstance(value, dict) or len(value) > MAX_SYNC_KEYS:
+        raise MalformedMessage("'keys' must be an object of idempotency keys")
+    out: dict[str, Record] = {}
+    for key, rec in value.items():
+        _key(key)
+        if not isinstance(rec, dict) or set(rec) - {"e", "s"}:
+            raise MalformedMessage('each idempotency key must be {"e": ..., "s": ...}')
+        entries, settled = rec.get("e", {}), rec.get("s", {})
+        if not isinstance(entries, dict) or not isinstance(settled, dict) or not entries:
+            raise MalformedMessage("a key's 'e' and 's' must be objects, 'e' not empty")
+        record = Record({_token(r, "a replica id"): _entry(e) for r, e in entries.items()}, {})
+        for loser, settlers in settled.items():
+            _token(loser, "a replica id")
+            if not isinstance(settlers, list) or len(settlers) > 64:
+                raise MalformedMessage("a key's settlers must be a list of replica ids")
+            record.settled[loser] = {_token(s, "a replica id") for s in settlers}
+        out[key] = record
+    return out
+
+
+#: The most counters one batched write may change.
+MAX_BATCH = 1000
+
+
 def id_body(body: bytes) -> str:
     """
     The body of /register and /remove-peer: C{{"id": "HOST:PORT"}}.
@@ -235,6 +332,7 @@ class Sync:
     members: tuple[str, ...] = ()
     reply: bool = False
     rumors: tuple[Rumor, ...] = ()
+    keys: KeyState = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -260,7 +358,7 @@ def decode_sync(body: bytes) -> Sync | LegacySync:
 def sync_from_json(obj: object) -> Sync:
     if not isinstance(obj, dict):
         raise MalformedMessage("a sync message must be a JSON object")
-    only(obj, "from", "incarnation", "cluster", "state", "members", "reply", "rumors")
+    only(obj, "from", "incarnation", "cluster", "state", "members", "reply", "rumors", "keys")
     for key in ("from", "incarnation", "cluster", "state"):
         if key not in obj:
             raise MalformedMessage(f"missing field {key!r}")
@@ -278,11 +376,12 @@ def sync_from_json(obj: object) -> Sync:
         members=tuple(address(m, "a member") for m in members),
         reply=reply,
         rumors=decode_rumors(obj.get("rumors", [])),
+        keys=decode_keys(obj.get("keys", {})),
     )
 
 
 def encode_sync(msg: Sync) -> dict[str, Any]:
-    return {
+    out = {
         "from": msg.sender,
         "incarnation": msg.incarnation,
         "cluster": msg.cluster,
@@ -291,6 +390,9 @@ def encode_sync(msg: Sync) -> dict[str, Any]:
         "reply": msg.reply,
         "rumors": encode_rumors(msg.rumors),
     }
+    if msg.keys:
+        out["keys"] = encode_keys(msg.keys)
+    return out
 
 
 # Digest anti-entropy (POST /digest).

@@ -33,7 +33,10 @@ class ManualStore:
     def load(self) -> dict:
         return {name: dict(slots) for name, slots in self.state.items()}
 
-    def save(self, state) -> Deferred[None]:
+    def load_keys(self) -> dict:
+        return {}
+
+    def save(self, state, keys=None, forget=None) -> Deferred[None]:
         d: Deferred[None] = Deferred()
         self.saves.append((state, d))
         return d
@@ -123,7 +126,7 @@ def test_listeners_are_told_only_after_durable():
     """Write listeners hear of a write when it is durable, with its slot key."""
     node, store, _ = make_node()
     heard: list = []
-    node.subscribe(heard.append)
+    node.subscribe(lambda keys, idem: heard.append(keys))
     node.add("c", 1)
     node.add("d", -1)
     assert heard == []
@@ -141,7 +144,7 @@ def test_cancelled_add_still_replicates_once_durable():
     """
     node, store, _ = make_node()
     heard: list = []
-    node.subscribe(heard.append)
+    node.subscribe(lambda keys, idem: heard.append(keys))
     answer = node.add("c", 1)
     answer.cancel()
     assert results(answer)[0].check(CancelledError)
@@ -167,7 +170,7 @@ def test_failed_save_fails_the_add_and_tells_nobody():
     """If the store fails, add() fails, listeners hear nothing and peers see nothing."""
     node, store, _ = make_node()
     heard: list = []
-    node.subscribe(heard.append)
+    node.subscribe(lambda keys, idem: heard.append(keys))
     result = results(node.add("c", 1))
     store.fail()
     assert len(result) == 1 and result[0].check(StoreError)
@@ -354,7 +357,7 @@ def test_merge_does_not_notify_write_listeners():
     """Write listeners hear of local writes only, not of merged state."""
     node, _, _ = make_node()
     heard: list = []
-    node.subscribe(heard.append)
+    node.subscribe(lambda keys, idem: heard.append(keys))
     node.merge({"c": {PEER: (1, 0)}})
     assert heard == []
 

@@ -236,6 +236,7 @@ def test_make_service_composition() -> None:
         StreamServerEndpointService,
         *[TimerService] * 3,  # probes, suspicions and gossip
         Discovery,
+        TimerService,  # forgets idempotency keys past the window
     ]
     assert isinstance(children(service)[0].node.store, MemoryStore)
     assert not service.running  # built, not started: nothing listens
@@ -246,7 +247,7 @@ def test_make_service_without_discovery() -> None:
     service, _ = build("--no-discovery")
     kinds = [type(s) for s in children(service)]
     assert Discovery not in kinds
-    assert kinds == [NodeStateService, Replicator, StreamServerEndpointService, *[TimerService] * 3]
+    assert kinds == [NodeStateService, Replicator, StreamServerEndpointService, *[TimerService] * 4]
 
 
 def test_make_service_with_dns() -> None:
@@ -281,7 +282,7 @@ def test_make_service_settings_reach_the_parts() -> None:
         "--announce-interval",
         "4",
     )
-    _, replicator, _, probes, ticks, gossip, discovery = children(service)
+    _, replicator, _, probes, ticks, gossip, discovery, _ = children(service)
     health = probes.call[0].__self__
     assert isinstance(health, HealthChecker)
     assert (probes.call[0], probes.step, probes.clock) == (health.check_once, 0.25, reactor)
