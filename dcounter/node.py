@@ -68,8 +68,10 @@ class Node:
     ) -> None:
         self.key_window = key_window
         self.max_keys = max_keys
-        #: own keys not durable yet -> waiters for them
+        #: keys with an own part (entry or settlement) not durable yet -> waiters
         self._undurable: dict[str, list[Deferred[None]]] = {}
+        #: keys whose own entry is not durable yet
+        self._new_entries: set[str] = set()
         self.store = store
         self.identity = store.identity
         self.cluster = cluster
@@ -204,6 +206,7 @@ class Node:
         entry = self.counters.add_keyed(key, self.replica, digest(amounts), amounts, self.clock.seconds())
         names = sorted({name for name, _ in amounts})
         slots = {name: {self.replica: self.counters.slot(name, self.replica)} for name in names}
+        self._new_entries.add(key)
         return self._save(slots, [key]).addCallback(lambda _: entry)
 
     def _save(self, slots: dict[str, dict[str, Slot]], keys: list[str]) -> Deferred[None]:
@@ -218,6 +221,7 @@ class Node:
             for name, replicas in slots.items():
                 self._mark_durable(name, replicas[self.replica])
             for key in keys:
+                self._new_entries.discard(key)
                 for waiter in self._undurable.pop(key, []):
                     waiter.callback(None)
             slot_keys = [(name, self.replica) for name in slots]
@@ -325,7 +329,20 @@ class Node:
         """
         state = self.counters.keys.state(keys)
         for key in self._undurable:
-            state.pop(key, None)
+            record = state.get(key)
+            if record is None:
+                continue
+            # Only our own part waits, as our slot does: other replicas'
+            # entries go with the slots of theirs that we send too.
+            if key in self._new_entries:
+                record.entries.pop(self.replica, None)
+            for settlers in record.settled.values():
+                settlers.discard(self.replica)
+            record.settled = {
+                loser: s for loser, s in record.settled.items() if s and loser in record.entries
+            }
+            if not record.entries:
+                del state[key]
         return state
 
     def own_slots(self) -> dict[str, Slot]:
