@@ -67,7 +67,7 @@ def test_killed_after_commit_before_answer_then_retried_elsewhere(cluster: Clust
         time.sleep(0.02)
     print(
         f"\nidempotency fault (kill -9 after commit, retry on another node): a met its peers {took:.2f}s "
-        f"after its restart began; every read of every node until {took + 4.0:.1f}s was <= {most[0]} (right: 9)"
+        f"after its restart began; all reads until {took + 4.0:.1f}s was <= {most[0]} (right: 9)"
     )
     assert most[0] == 9
     for node in nodes:
