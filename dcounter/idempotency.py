@@ -114,6 +114,8 @@ class KeyBook:
     def __init__(self) -> None:
         self._records: dict[str, Record] = {}
         self._adjust: dict[str, int] = {}
+        #: keys with a loser nobody settled yet: the only ones to settle
+        self._conflicts: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._records)
@@ -150,8 +152,13 @@ class KeyBook:
                 self._bump(name, -v)
         if record is None:
             self._records.pop(key, None)
+            self._conflicts.discard(key)
             return
         self._records[key] = record
+        if len(record.entries) > 1 and any(not record.settled.get(loser) for loser in record.losers()):
+            self._conflicts.add(key)
+        else:
+            self._conflicts.discard(key)
         for name, v in record.adjustment().items():
             self._bump(name, v)
 
@@ -205,9 +212,8 @@ class KeyBook:
         """
         node = node_of(replica)
         out = []
-        for key, record in self._records.items():
-            if len(record.entries) < 2:
-                continue
+        for key in sorted(self._conflicts):
+            record = self._records[key]
             for loser in record.losers():
                 if record.settled.get(loser):
                     continue
