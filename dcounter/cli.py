@@ -65,7 +65,10 @@ class _Counter(usage.Options):
 
 
 class _Change(_Counter):
-    optParameters = [["by", "b", 1, "Amount, from 1.", int]]
+    optParameters = [
+        ["by", "b", 1, "Amount, from 1.", int],
+        ["key", None, None, "Idempotency-Key: the same write retried with the same key counts once."],
+    ]
 
     def postOptions(self) -> None:
         if self["by"] < 1:
@@ -141,9 +144,13 @@ class NodeClient:
         self.clock = clock
         self.timeout = timeout
 
-    async def call(self, method: str, path: str, body: object = None) -> Any:
+    async def call(
+        self, method: str, path: str, body: object = None, headers: dict[str, str] | None = None
+    ) -> Any:
         url = self.base + path
         kwargs: dict[str, Any] = {} if body is None else {"json": body}
+        if headers:
+            kwargs["headers"] = {name: [value] for name, value in headers.items()}
         started = self.clock.seconds()
         try:
             response = await Deferred.fromCoroutine(self._request(method, url, kwargs)).addTimeout(
@@ -274,7 +281,8 @@ async def run(options: Options, client: NodeClient, out: IO[str], clock: Any) ->
         show(reply, lambda: str(reply["count"]))
     elif command in ("incr", "decr"):
         action = "increment" if command == "incr" else "decrement"
-        reply = await client.call("POST", f"/counters/{sub['name']}/{action}", {"by": sub["by"]})
+        headers = None if sub["key"] is None else {"Idempotency-Key": sub["key"]}
+        reply = await client.call("POST", f"/counters/{sub['name']}/{action}", {"by": sub["by"]}, headers)
         show(reply, lambda: str(reply["count"]))
     elif command == "version":
         reply = await client.call("GET", "/version")

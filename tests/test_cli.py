@@ -187,3 +187,12 @@ def test_version_command(net: Network, nodes: list[TestNode]) -> None:
     result_of(d)
     out = printed.getvalue()
     assert out == f"dcounter {__version__}; node {A} runs dcounter {__version__}\n"
+
+
+def test_incr_with_a_key_counts_once(net: Network, nodes: list[TestNode]) -> None:
+    """incr --key sends an Idempotency-Key: the same incr retried counts once, on any node."""
+    for node in (A, A, B):
+        printed, d = cli(net, "incr", "--by", "3", "--key", "retry-me", node=node)
+        result_of(d)
+        assert printed.getvalue() == "3\n"
+    assert [n.count() for n in nodes] == [3, 3, 3]
