@@ -751,3 +751,73 @@ def test_decode_signed_datagram_only_raises_malformed(data):
         wire.decode_signed_datagram(data)
     except MalformedMessage:
         pass
+
+
+# Idempotency keys.
+
+GOOD_KEYS = {
+    "order-17": {
+        "e": {"10.0.0.2:8080/a1b2c3": [1700000000.5, "d" * 32, [["default", 3, 7]]]},
+        "s": {},
+    }
+}
+
+
+def test_keys_round_trip():
+    """Encoded keys decode to the same records, in a sync message too."""
+    keys = wire.decode_keys(GOOD_KEYS)
+    assert wire.encode_keys(keys) == GOOD_KEYS
+    msg = wire.sync_from_json({**GOOD_SYNC, "keys": GOOD_KEYS})
+    assert wire.encode_sync(msg)["keys"] == GOOD_KEYS
+
+
+@given(json_values)
+def test_decode_keys_of_arbitrary_json(value):
+    """Any JSON as 'keys' raises only MalformedMessage."""
+    try:
+        wire.decode_keys(value)
+    except MalformedMessage:
+        pass
+
+
+@given(st.sampled_from(["at", "digest", "writes", "write", "amount", "settlers"]), json_values)
+def test_keys_with_any_field_value(field, value):
+    """A good key record with one part replaced by any JSON value raises only MalformedMessage."""
+    entry = list(GOOD_KEYS["order-17"]["e"]["10.0.0.2:8080/a1b2c3"])
+    record = {"e": {"10.0.0.2:8080/a1b2c3": entry}, "s": {}}
+    if field == "at":
+        entry[0] = value
+    elif field == "digest":
+        entry[1] = value
+    elif field == "writes":
+        entry[2] = value
+    elif field == "write":
+        entry[2] = [value]
+    elif field == "amount":
+        entry[2] = [["default", value, 1]]
+    else:
+        record["s"] = {"10.0.0.2:8080/a1b2c3": value}
+    try:
+        wire.decode_keys({"order-17": record})
+    except MalformedMessage:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [(b"abc", "abc"), (b'"abc"', "abc"), (b'"a\\"b"', 'a"b'), (b"~" * 128, "~" * 128), (b"a b", "a b")],
+)
+def test_idempotency_key_header(raw, key):
+    assert wire.idempotency_key([raw]) == key
+
+
+@pytest.mark.parametrize("raw", [b"", b"x" * 129, b"caf\xc3\xa9", b"a\tb", b'""', b"\x7f"])
+def test_bad_idempotency_key_header(raw):
+    with pytest.raises(MalformedMessage):
+        wire.idempotency_key([raw])
+
+
+def test_idempotency_key_header_twice():
+    assert wire.idempotency_key(None) is None
+    with pytest.raises(MalformedMessage):
+        wire.idempotency_key([b"a", b"b"])
