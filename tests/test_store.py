@@ -13,6 +13,7 @@ import sqlite3
 import pytest
 
 from dcounter.counter import MAX_SLOT
+from dcounter.idempotency import Entry, Record
 from dcounter.store import Identity, MemoryStore, SQLiteStore, StoreError
 from tests.support import ManualWorker, failure_of, result_of
 
@@ -318,4 +319,39 @@ def test_failed_commit_fails_its_waiters_only(tmp_path):
     saved(store, worker, {"c": {"s": (1, 0)}})
     # The failed transaction left nothing behind.
     assert store.load() == {"c": {"r": (1, 0), "s": (1, 0)}}
+    close(store)
+
+
+# Idempotency keys.
+
+
+def test_keys_commit_with_their_slots_and_are_forgotten(tmp_path):
+    """A key and its write are in one transaction; a reopened store has both; forget deletes the key."""
+    store, worker = opened(tmp_path)
+    entry = Entry(12.5, "d" * 32, (("hits", 2, 2),))
+    record = Record({"n/1": entry, "m/1": entry}, {"n/1": {"n/1"}})
+    d = store.save({"hits": {"n/1": (2, 2)}}, {"k": record})
+    worker.run_all()
+    assert result_of(d) is None
+    close(store)
+    store, worker = opened(tmp_path)
+    assert store.load() == {"hits": {"n/1": (2, 2)}}
+    assert store.load_keys() == {"k": record}
+    d = store.save({}, forget=["k"])
+    worker.run_all()
+    assert result_of(d) is None
+    assert store.load_keys() == {}
+    close(store)
+
+
+def test_a_failed_commit_keeps_neither_key_nor_slot(tmp_path):
+    """Nothing of a keyed write is durable if its transaction fails."""
+    store, worker = opened(tmp_path)
+    record = Record({"n/1": Entry(1.0, "d", (("x", 1, 1),))}, {})
+    # A slot past SQLite's INTEGER makes the whole transaction fail.
+    d = store.save({"x": {"n/1": (2**64, 0)}}, {"k": record})
+    worker.run_all()
+    failure_of(d)
+    assert store.load_keys() == {}
+    assert store.load() == {}
     close(store)
