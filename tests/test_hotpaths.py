@@ -198,3 +198,23 @@ def test_sync_goes_to_klein() -> None:
     )
     net.settle()
     assert klein.seen == [("POST", "/sync"), ("POST", "/sync")]
+
+
+@pytest.mark.parametrize(
+    "method, uri",
+    [
+        ("POST", "/increment"),
+        ("POST", "/counters/x/increment"),
+        ("POST", "/counters/x/decrement"),
+    ],
+)
+def test_keyed_writes_go_to_klein(method: str, uri: str) -> None:
+    """A write with an Idempotency-Key is Klein's: the keyed handling (replay, 422) lives there."""
+    net = Network()
+    a = net.add(9001)
+    klein = Recording()
+    a.resource = HotPaths(a.api, klein)
+    net.request(method, f"http://{A}{uri}", headers={"Idempotency-Key": "k-1"})
+    net.settle()
+    assert klein.seen == [(method, uri)]
+    assert a.node.counters.values() == {}
