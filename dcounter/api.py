@@ -431,8 +431,23 @@ class CounterAPI:
     @app.route("/counters", methods=["POST"])
     async def counters_batch(self, request: IRequest) -> bytes:
         amounts = wire.batch_body(_body(request))
-        values = await self.node.add_many(amounts)
-        return _json(request, {"counters": values, "node_id": self.node.node_id})
+        key = wire.idempotency_key(request.requestHeaders.getRawHeaders(b"Idempotency-Key"))
+        if key is None:
+            values = await self.node.add_many(amounts)
+            return _json(request, {"counters": values, "node_id": self.node.node_id})
+        writes = sorted(amounts.items())  # the same batch in any order is the same request
+        replay = self.node.replay(key, writes)
+        if replay is not None:
+            # Answer as the first did, and change nothing.
+            await replay.durable
+            request.setHeader(b"Idempotent-Replayed", b"true")
+            entry = replay.entry
+        else:
+            entry = await self.node.add_keyed(key, writes)
+            if self.crash_after_keyed_commit:
+                os.kill(os.getpid(), signal.SIGKILL)
+        counted = {name: count for name, _, count in entry.writes}
+        return _json(request, {"counters": counted, "node_id": self.node.node_id})
 
     @app.route("/counters/<name>", methods=["GET"])
     def counter(self, request: IRequest, name: str) -> bytes:

@@ -208,9 +208,14 @@ class Counters:
         """
         self.check(replica, amounts)
         writes = []
-        for name, amount in amounts:
-            self.add(name, replica, amount)
-            writes.append((name, amount, self.value(name)))
+        if len({name for name, _ in amounts}) == len(amounts) > 1:
+            # A batch (POST /counters): all or nothing, whatever fails.
+            self.add_many(replica, dict(amounts))
+            writes = [(name, amount, self.value(name)) for name, amount in amounts]
+        else:
+            for name, amount in amounts:
+                self.add(name, replica, amount)
+                writes.append((name, amount, self.value(name)))
         entry = Entry(now, digest, tuple(writes))
         self.keys.record(key, replica, entry)
         return entry

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from dcounter.counter import MAX_VALUE
 from tests.support import Network, Reply, TestNode
 
 
@@ -127,3 +128,43 @@ def test_key_counted_on_both_sides_of_a_cut_counts_once_after_healing(net: Netwo
     for node in (a, b):
         assert node.node.expire_keys() == ["k"]
         assert node.count() == 3
+
+
+def test_batch_with_key_counts_once(net: Network) -> None:
+    """A keyed batch retried answers as the first did, changing nothing, here or on a peer."""
+    a, b = net.add(9001), net.add(9002)
+    net.mesh()
+    batch = {"page.a": 3, "page.b": -1, "default": 2}
+    first = write(net, a, "batch-1", "/counters", batch)
+    assert (first.code, first.header("Idempotent-Replayed")) == (200, None)
+    assert first.json == {"counters": {"default": 2, "page.a": 3, "page.b": -1}, "node_id": a.id}
+    a.increment(1)
+    for node in (a, b, a):
+        again = write(net, node, "batch-1", "/counters", dict(reversed(batch.items())))
+        assert (again.code, again.header("Idempotent-Replayed")) == (200, "true")
+        assert again.json["counters"] == {"default": 2, "page.a": 3, "page.b": -1}
+    for node in (a, b):
+        assert node.node.counters.values() == {"default": 3, "page.a": 3, "page.b": -1}
+
+
+@pytest.mark.parametrize("body", [{"page.a": 3}, {"page.a": 3, "page.b": 1}, {"page.a": 3, "page.b": -2}])
+def test_batch_key_with_other_body_is_422(net: Network, body: dict[str, int]) -> None:
+    """The same key with a different batch is refused (422) and changes nothing."""
+    a = net.add(9001)
+    assert write(net, a, "batch-2", "/counters", {"page.a": 3, "page.b": -1}).code == 200
+    reply = write(net, a, "batch-2", "/counters", body)
+    assert reply.code == 422
+    assert "different request" in reply.json["error"]
+    assert write(net, a, "batch-2", "/increment").code == 422
+    assert a.node.counters.values() == {"page.a": 3, "page.b": -1}
+
+
+def test_keyed_batch_refused_whole_changes_nothing(net: Network) -> None:
+    """A keyed batch one of whose amounts cannot count changes nothing, and its key is not remembered."""
+    a = net.add(9001)
+    a.node.counters.add("x", "another-replica", MAX_VALUE)
+    reply = write(net, a, "batch-3", "/counters", {"y": 1, "x": 1})
+    assert reply.code == 409
+    assert a.node.counters.values() == {"x": MAX_VALUE}
+    assert write(net, a, "batch-3", "/counters", {"y": 1}).code == 200
+    assert a.node.counters.values() == {"x": MAX_VALUE, "y": 1}
