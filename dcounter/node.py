@@ -80,7 +80,8 @@ class Node:
         self.counters = Counters(max_counters=max_counters)
         self._durable: dict[str, Slot] = {}
         self._listeners: list[WriteListener] = []
-        #: Grows whenever what L{outgoing} returns may have changed.
+        #: Grows whenever what L{outgoing} or L{outgoing_keys} returns may
+        #: have changed.
         self.version = 0
 
     def load(self) -> None:
@@ -96,6 +97,7 @@ class Node:
             if self.replica in slots:
                 self._mark_durable(name, slots[self.replica])
         self.counters.merge_keys(self.store.load_keys(), self.clock.seconds(), self.key_window)
+        self.version += 1
         self._settle()
 
     @property
@@ -218,6 +220,7 @@ class Node:
             self._undurable.setdefault(key, [])
 
         def durable(_: None) -> None:
+            self.version += 1  # keys, as well as slots, go out now
             for name, replicas in slots.items():
                 self._mark_durable(name, replicas[self.replica])
             for key in keys:
@@ -259,6 +262,7 @@ class Node:
         """Forget the keys past the window or beyond the count bound."""
         gone = self.counters.keys.expire(self.clock.seconds(), self.key_window, self.max_keys)
         if gone:
+            self.version += 1
             self.store.save({}, forget=gone).addErrback(
                 lambda f: self.log.failure("could not forget keys", f)
             )
@@ -284,6 +288,7 @@ class Node:
         grown = self.counters.merge(state)
         new_keys = self.counters.merge_keys(keys, self.clock.seconds(), self.key_window) if keys else []
         if new_keys:
+            self.version += 1
             self.store.save({}, self.counters.keys.state(new_keys)).addErrback(
                 lambda f: self.log.failure("could not store merged keys", f)
             )

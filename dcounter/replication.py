@@ -104,6 +104,8 @@ class Replicator(TimerService):
         self._flush_call: Any = None
         #: The digest of our outgoing state, and the node's version it is of.
         self._digest: tuple[int, bytes] | None = None
+        #: The same for our idempotency keys.
+        self._keys_digest: tuple[int, str] | None = None
         #: peer -> how much of each of this node's own slots it holds
         self._holds: dict[str, dict[SlotKey, Slot]] = {}
         self._waiters: list[_Waiter] = []
@@ -305,7 +307,10 @@ class Replicator(TimerService):
         d = self.client.digest(peer, message, digest.BUCKETS)
 
         def answered(reply: wire.DigestReply) -> Deferred[None] | None:
-            self._merge_reply(peer, reply)
+            if self._merge_reply(peer, reply) and reply.keys != self.keys_summary():
+                # Idempotency keys differ (one side missed a push): they
+                # travel whole, with the state, this round.
+                return self.exchange_whole(peer)
             return None
 
         def failed(reason: Any) -> Deferred[None] | None:
@@ -316,12 +321,17 @@ class Replicator(TimerService):
 
         return d.addCallbacks(answered, failed)
 
-    def _merge_reply(self, peer: str, reply: wire.DigestReply) -> None:
+    def _merge_reply(self, peer: str, reply: wire.DigestReply) -> bool:
+        """
+        Take up a peer's answer to our digest.
+
+        @return: whether it was taken (its sender is an admitted member).
+        """
         try:
             self._admitted(reply.cluster, reply.sender)
         except (WrongCluster, NotMember) as e:
             self.log.debug("anti-entropy with {peer} refused: {why}", peer=peer, why=e)
-            return
+            return False
         self._heard(reply.sender, reply.incarnation, reply.members)
         self.node.merge(reply.state)
         if reply.buckets:
@@ -333,6 +343,7 @@ class Replicator(TimerService):
                 )
                 if self._flush_call is None:
                     self._flush_call = self.clock.callLater(0, self.flush)
+        return True
 
     def summary(self) -> bytes:
         """
@@ -341,6 +352,15 @@ class Replicator(TimerService):
         if self._digest is None or self._digest[0] != self.node.version:
             self._digest = (self.node.version, digest.summarize(self.node.outgoing()))
         return self._digest[1]
+
+    def keys_summary(self) -> str:
+        """
+        The digest of the idempotency keys we send to peers (see
+        L{wire.keys_digest}), computed once per change.
+        """
+        if self._keys_digest is None or self._keys_digest[0] != self.node.version:
+            self._keys_digest = (self.node.version, wire.keys_digest(self.node.outgoing_keys()))
+        return self._keys_digest[1]
 
     def exchange_whole(self, peer: str) -> Deferred[None]:
         """
@@ -447,6 +467,7 @@ class Replicator(TimerService):
             buckets=tuple(buckets),
             state=state,
             members=tuple(self.membership.live()),
+            keys=self.keys_summary(),
         )
 
     def _admitted(self, cluster: str, sender: str) -> None:

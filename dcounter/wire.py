@@ -11,6 +11,7 @@ has one home.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -417,6 +418,10 @@ class DigestReply:
     """
     The answer to a L{Digest}: the buckets whose digests differ, and the
     answering node's state in those buckets.
+
+    @ivar keys: the L{keys_digest} of the answering node's idempotency keys
+        ("" for none): where it differs from the asker's, the asker falls
+        back to a whole-state push-pull (keys included) for the round.
     """
 
     sender: str
@@ -425,6 +430,22 @@ class DigestReply:
     buckets: tuple[int, ...]
     state: State
     members: tuple[str, ...] = ()
+    keys: str = ""
+
+
+#: The length of a L{keys_digest}, in hexadecimal digits.
+KEYS_DIGEST_SIZE = 32
+
+
+def keys_digest(keys: KeyState) -> str:
+    """
+    A small digest of a whole map of idempotency keys as it travels, the
+    same on every node that holds the same keys; "" for none.
+    """
+    if not keys:
+        return ""
+    text = json.dumps(encode_keys(keys), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:KEYS_DIGEST_SIZE]
 
 
 def _members(obj: Mapping[str, Any]) -> tuple[str, ...]:
@@ -480,8 +501,11 @@ def decode_digest_reply(body: bytes, buckets: int) -> DigestReply:
     Decode a L{DigestReply} naming buckets from 0 to C{buckets} - 1.
     """
     obj = json_object(body)
-    only(obj, "from", "incarnation", "cluster", "buckets", "state", "members")
+    only(obj, "from", "incarnation", "cluster", "buckets", "state", "members", "keys")
     _required(obj, "from", "incarnation", "cluster", "buckets", "state")
+    keys = obj.get("keys", "")
+    if not isinstance(keys, str) or not re.fullmatch(f"(?:[0-9a-f]{{{KEYS_DIGEST_SIZE}}})?", keys):
+        raise MalformedMessage(f"'keys' must be {KEYS_DIGEST_SIZE} hexadecimal digits")
     listed = obj["buckets"]
     if (
         not isinstance(listed, list)
@@ -496,11 +520,12 @@ def decode_digest_reply(body: bytes, buckets: int) -> DigestReply:
         buckets=tuple(listed),
         state=decode_state(obj["state"]),
         members=_members(obj),
+        keys=keys,
     )
 
 
 def encode_digest_reply(msg: DigestReply) -> dict[str, Any]:
-    return {
+    out = {
         "from": msg.sender,
         "incarnation": msg.incarnation,
         "cluster": msg.cluster,
@@ -508,6 +533,9 @@ def encode_digest_reply(msg: DigestReply) -> dict[str, Any]:
         "state": encode_state(msg.state),
         "members": list(msg.members),
     }
+    if msg.keys:
+        out["keys"] = msg.keys
+    return out
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,7 @@ replies = st.builds(
     buckets=st.lists(st.integers(0, digest.BUCKETS - 1), max_size=10).map(tuple),
     state=states,
     members=st.lists(addresses, max_size=5).map(tuple),
+    keys=st.one_of(st.just(""), st.text("0123456789abcdef", min_size=32, max_size=32)),
 )
 
 
@@ -283,3 +284,49 @@ def test_digest_from_a_stranger_is_refused():
     reply = net.call("POST", a.id, "/digest", json=stranger)
     assert reply.code == 403
     assert "state" not in reply.json
+
+
+def keyed_write(net: Network, to: str, key: str) -> Any:
+    return net.call("POST", to, "/increment", json={"by": 3}, headers={"Idempotency-Key": [key]})
+
+
+def test_round_carries_keys_a_peer_missed():
+    """
+    B holds A's counters but missed the key they were counted under (a lost
+    push): the digest round notices the keys differ and pushes and pulls
+    them whole, so a retry on B is then a replay.
+    """
+    net = Network()
+    a, b = net.add_many(2)
+    net.mesh()
+    net.cut(b.id)
+    assert keyed_write(net, a.id, "k-1").code == 200
+    net.heal(b.id)
+    a.replicator._outbox.clear()  # the push is lost for good
+    a.replicator._key_outbox.clear()
+    b.node.merge(a.node.outgoing())  # the slots arrived by another way, not the key
+    assert b.node.counters.keys.state() == {}
+    syncs = len(bodies(net, "/sync", b.id))
+    a.replicator.exchange(b.id)
+    net.settle()
+    assert "k-1" in b.node.counters.keys.state()
+    assert len(bodies(net, "/sync", b.id)) > syncs
+    retry = keyed_write(net, b.id, "k-1")
+    assert (retry.code, retry.header("Idempotent-Replayed")) == (200, "true")
+    assert a.count() == b.count() == 3
+
+
+def test_round_with_the_same_keys_ships_no_state():
+    """Nodes holding the same keys exchange digests only, keys included."""
+    net = Network()
+    a, b = net.add_many(2)
+    net.mesh()
+    for i in range(20):
+        assert keyed_write(net, a.id, f"k-{i}").code == 200
+    net.settle()
+    assert a.replicator.keys_summary() == b.replicator.keys_summary() != ""
+    syncs = len(net.requests("POST", "/sync"))
+    a.replicator.exchange(b.id)
+    b.replicator.exchange(a.id)
+    net.settle()
+    assert len(net.requests("POST", "/sync")) == syncs
