@@ -39,7 +39,7 @@ docker_answers = { [ "$(DOCKER)" = yes ] || { [ "$(DOCKER)" = auto ] && docker i
 # Set while the compose cluster is the one `make` started: stop, logs and test-discovery follow it.
 COMPOSE_MARK := $(RUN)/compose-up
 
-TESTS := test-health test-all-peers test-count test-increment test-sync test-peers \
+TESTS := test-health test-all-peers test-count test-increment test-retry test-sync test-peers \
          test-remove-existing-peer test-discovery
 
 .DEFAULT_GOAL := up
@@ -114,7 +114,7 @@ test-full:
 	  echo "== $$t"; $(MAKE) --no-print-directory $$t || { echo "test-full: $$t failed" >&2; exit 1; }; \
 	done; echo "test-full: all $(words $(TESTS)) checks passed against $(words $(NODES)) nodes"
 
-test-health test-all-peers test-count test-increment test-sync test-peers test-remove-existing-peer:
+test-health test-all-peers test-count test-increment test-retry test-sync test-peers test-remove-existing-peer:
 	@$(CHECK) $(@:test-%=%)
 
 # Starts a fourth node, checks that every node finds it (and it them), stops it.

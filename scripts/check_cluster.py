@@ -5,7 +5,7 @@ and then checks it, exiting 1 with one line on stderr when the cluster is wrong.
 
     python3 scripts/check_cluster.py [--nodes URL,URL,...] CHECK [--extra URL]
 
-CHECK is one of: wait, health, all-peers, count, increment, sync, peers,
+CHECK is one of: wait, health, all-peers, count, increment, retry, sync, peers,
 remove-existing-peer, discovery (needs --extra, the URL of a node started for
 it).  Nodes default to $DCOUNTER_NODES, else 127.0.0.1:9088, 9089 and 9090.
 
@@ -57,6 +57,28 @@ def call(method: str, url: str, body: object = None, timeout: float = 3.0) -> tu
         raise CheckFailed(
             f"{method} {url}: answered {status} with something that is not JSON: {raw[:80]!r}"
         ) from None
+
+
+def keyed_post(url: str, key: str, timeout: float = 3.0) -> tuple[int, Any, bool]:
+    """
+    POST with an C{Idempotency-Key}: (status, decoded JSON answer, whether
+    the node said it was a replay).
+    """
+    request = urllib.request.Request(url, data=b"", method="POST", headers={"Idempotency-Key": key})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, raw, headers = response.status, response.read(), response.headers
+    except urllib.error.HTTPError as e:
+        status, raw, headers = e.code, e.read(), e.headers
+    except (urllib.error.URLError, OSError) as e:
+        raise CheckFailed(f"POST {url}: no answer ({getattr(e, 'reason', e)})") from None
+    try:
+        answer = json.loads(raw)
+    except ValueError:
+        raise CheckFailed(
+            f"POST {url}: answered {status} with something that is not JSON: {raw[:80]!r}"
+        ) from None
+    return status, answer, headers.get("Idempotent-Replayed") == "true"
 
 
 def expect(method: str, url: str, body: object = None, status: int = 200) -> Any:
@@ -177,6 +199,40 @@ class Cluster:
         wait_until(self.converged(target), self.timeout, f"nodes did not all reach {target}")
         return f"one increment on each node: every node went from {before} to {target}"
 
+    def retry(self, hold: float = 2.0) -> str:
+        """
+        One increment sent twice to every node under one Idempotency-Key (a
+        client retrying on every node) counts once, everywhere.
+        """
+        before = int(
+            wait_until(self.converged(0), self.timeout, "counts differ before the retried write").split("=")[
+                -1
+            ]
+        )
+        key = f"make-test-retry-{os.getpid()}-{time.time_ns()}"
+        sends = 0
+        for _ in range(2):
+            for url in self.urls:
+                status, answer, replayed = keyed_post(url + "/increment", key)
+                sends += 1
+                show(f"POST {url}/increment (Idempotency-Key {key}) -> {status}, replayed {replayed}", answer)
+                if status != 200:
+                    raise CheckFailed(f"{url} answered {status} to a retried write: {json.dumps(answer)}")
+        target = before + 1
+        wait_until(self.converged(target), self.timeout, f"nodes did not all reach {target}")
+        deadline = time.monotonic() + hold
+        while time.monotonic() < deadline:
+            counts = self.counts()
+            if any(n != target for n in counts.values()):
+                raise CheckFailed(
+                    f"a write sent {sends} times under one key did not stay counted once: {counts}"
+                )
+            time.sleep(0.1)
+        return (
+            f"one increment sent {sends} times under one Idempotency-Key: "
+            f"every node went from {before} to {target}"
+        )
+
     def sync(self) -> str:
         before = int(
             wait_until(self.converged(0), self.timeout, "counts differ before syncing").split("=")[-1]
@@ -269,6 +325,7 @@ CHECKS = {
     "all-peers": lambda c, a: c.all_peers(),
     "count": lambda c, a: c.count(),
     "increment": lambda c, a: c.increment(),
+    "retry": lambda c, a: c.retry(),
     "sync": lambda c, a: c.sync(),
     "peers": lambda c, a: c.peers_registration(),
     "remove-existing-peer": lambda c, a: c.remove_existing_peer(),

@@ -92,20 +92,22 @@ def test_make_then_test_full_passes_and_fails_once_a_node_is_wrong(local: LocalC
 
     full = local.make("test-full")
     assert full.returncode == 0, full.stdout + full.stderr
-    assert "test-full: all 8 checks passed against 3 nodes" in full.stdout
+    assert "test-full: all 9 checks passed against 3 nodes" in full.stdout
     for check in (
         "health",
         "all-peers",
         "count",
         "increment",
+        "retry",
         "sync",
         "peers",
         "remove-existing-peer",
         "discovery",
     ):
         assert f"ok test-{check}:" in full.stdout
-    # Three increments and a sync of +10, seen by every node; the fourth node is gone again.
-    assert [http("GET", url + "/count")[1]["count"] for url in local.urls] == [13, 13, 13]
+    # Three increments, one retried six times under one key (counted once), and a sync of
+    # +10, seen by every node; the fourth node is gone again.
+    assert [http("GET", url + "/count")[1]["count"] for url in local.urls] == [14, 14, 14]
     assert not listening(local.extra_port)
 
     # A node that drops a peer: the peer check fails, naming both.
