@@ -122,6 +122,18 @@ class Counters:
             raise TooManyCounters(
                 f"this node keeps at most {self.max_counters} counters besides {DEFAULT_COUNTER!r}"
             )
+        slot = self._grown(name, replica, amount)
+        self._slots.setdefault(name, {})[replica] = slot
+        self._values[name] = self._values.get(name, 0) + amount
+        return slot
+
+    def _grown(self, name: str, replica: str, amount: int) -> Slot:
+        """
+        C{replica}'s slot of C{name} once C{amount} is counted in it; nothing
+        changes yet.  Raises as L{add} does for the amount and the bounds.
+        """
+        if amount == 0:
+            raise ValueError("amount must not be 0")
         if not MIN_VALUE <= self._values.get(name, 0) + amount <= MAX_VALUE:
             raise CounterOverflow(f"counter {name!r} would pass {MAX_VALUE if amount > 0 else MIN_VALUE}")
         p, n = self.slot(name, replica)
@@ -131,8 +143,6 @@ class Counters:
             n -= amount
         if p > MAX_SLOT or n > MAX_SLOT:
             raise CounterOverflow(f"counter {name!r} would overflow")
-        self._slots.setdefault(name, {})[replica] = (p, n)
-        self._values[name] = self._values.get(name, 0) + amount
         return (p, n)
 
     def add_many(self, replica: str, amounts: Mapping[str, int]) -> dict[str, Slot]:
@@ -154,18 +164,7 @@ class Counters:
                     f"this node keeps at most {self.max_counters} counters besides {DEFAULT_COUNTER!r}"
                 )
         for name, amount in amounts.items():
-            if amount == 0:
-                raise ValueError("amount must not be 0")
-            if not MIN_VALUE <= self._values.get(name, 0) + amount <= MAX_VALUE:
-                raise CounterOverflow(f"counter {name!r} would pass {MAX_VALUE if amount > 0 else MIN_VALUE}")
-            p, n = self.slot(name, replica)
-            if amount > 0:
-                p += amount
-            else:
-                n -= amount
-            if p > MAX_SLOT or n > MAX_SLOT:
-                raise CounterOverflow(f"counter {name!r} would overflow")
-            slots[name] = (p, n)
+            slots[name] = self._grown(name, replica, amount)
         for name, slot in slots.items():
             self._slots.setdefault(name, {})[replica] = slot
             self._values[name] = self._values.get(name, 0) + amounts[name]
