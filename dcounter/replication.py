@@ -333,6 +333,12 @@ class Replicator(TimerService):
             self.log.debug("anti-entropy with {peer} refused: {why}", peer=peer, why=e)
             return False
         self._heard(reply.sender, reply.incarnation, reply.members)
+        if reply.keys != self.keys_summary():
+            # Idempotency keys differ: slots must not travel without the key
+            # entries they count (a node holding a retried write's two copies
+            # but only one entry would over-count), so this round is the
+            # whole-state push-pull, keys included (the caller's).
+            return True
         self.node.merge(reply.state)
         if reply.buckets:
             mine = digest.in_buckets(self.node.outgoing(), reply.buckets)
