@@ -1,14 +1,16 @@
 """
 How the replicated state grows when one node restarts many times: every start
 is a new incarnation, so each restart that writes adds one slot to each
-counter it writes.
+counter it writes, until the node folds its earlier incarnations into one.
 
-    python benchmarks/restart_growth.py [--restarts 100]
+    python benchmarks/restart_growth.py [--restarts 100] [--fold-after S]
 
-Starts three nodes with data directories; then, --restarts times, stops the
-third (SIGTERM), starts it again and increments once on it.  Prints the
-number of slots and the size of the whole state as it travels in an
-anti-entropy sync (JSON), read from a peer's database.
+Starts three nodes with data directories (with --fold-after S, default 1);
+then, --restarts times, stops the third (SIGTERM), starts it again and
+increments once on it.  Then it waits until the restarted node has folded.
+Prints the number of slots and the size of the whole state as it travels in
+an anti-entropy sync (JSON), read from a peer's database, and the count.
+With --fold-after 1000000 nothing is folded: the growth without folds.
 """
 
 from __future__ import annotations
@@ -43,9 +45,10 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--restarts", type=int, default=100)
+    parser.add_argument("--fold-after", type=float, default=1.0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        cluster = Cluster(Path(tmp))
+        cluster = Cluster(Path(tmp), extra=["--fold-after", str(args.fold_after)])
         try:
             a, b, c = nodes = cluster.mesh(3)
             start_all(nodes)
@@ -58,6 +61,18 @@ def main() -> None:
             total = args.restarts
             wait_for(lambda: a.count() == total, 10, what=f"a to read {total}")
             elapsed = time.monotonic() - started
+            folding = args.fold_after < 1000
+            if folding:
+                wait_for(lambda: not c.get("/members")[1]["fold_pending"], 60, what="c to fold")
+                prefix = c.id + "/"
+                wait_for(
+                    lambda: (
+                        sum(1 for s in state_of(a.data_dir).values() for r in s if r.startswith(prefix)) <= 2
+                    ),
+                    30,
+                    what="a to hold c's fold",
+                )
+            assert a.count() == total
             a.stop()
             assert a.data_dir is not None
             state = state_of(a.data_dir)
@@ -67,7 +82,8 @@ def main() -> None:
             print(
                 f"after {args.restarts} restarts of one node ({elapsed:.0f}s), each with one increment: "
                 f"{slots} slots in {len(state)} counter(s), {mine} of them the restarted node's; "
-                f"whole state {size} bytes as JSON ({size / max(slots, 1):.0f} bytes a slot)"
+                f"whole state {size} bytes as JSON ({size / max(slots, 1):.0f} bytes a slot); "
+                f"{'folded' if folding else 'no folds'}; count {total} on every node"
             )
         finally:
             cluster.stop()

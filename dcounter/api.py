@@ -420,6 +420,7 @@ class CounterAPI:
                 "incarnation": self.node.identity.incarnation,
                 "generation": self.health_checker.swim.generation,
                 "awareness": self.health_checker.swim.awareness,
+                "fold_pending": self.node.fold_pending,
                 "members": [p.as_json() for p in self.membership.peers()],
             },
         )

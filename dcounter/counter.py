@@ -10,13 +10,23 @@ times, in any order, by any path, and every replica converges.
 
 A replica only ever adds to its own slot.  Everything it learns from others
 arrives through `merge`.
+
+A replica id is C{NODE/INCARNATION}: every start of a node is a new
+incarnation, whose id sorts after its earlier ones (see
+L{dcounter.store.new_incarnation}).  The slots of a node's retired
+incarnations are frozen; the node folds them, once every member has shown it
+what it holds of them, into one *fold slot* C{NODE/folded-J} per counter: the
+sum of every slot of NODE whose incarnation is J or earlier, J the latest it
+absorbs.  A fold slot supersedes, wherever it arrives, the slots it absorbs
+(and any earlier fold slot), in the same merge: a counter's value never
+counts a slot twice, and state stops growing with restarts (see L{absorbs}).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from dcounter.idempotency import Entry, KeyBook, KeyState
+from dcounter.idempotency import Entry, KeyBook, KeyState, node_of
 
 #: The largest total one slot may hold: SQLite's INTEGER is a signed 64-bit
 #: number, and every store must be able to keep every slot.
@@ -38,6 +48,46 @@ SlotKey = tuple[str, str]
 
 #: The counter that the original single-counter endpoints serve.
 DEFAULT_COUNTER = "default"
+
+#: What a fold slot's incarnation starts with.
+FOLDED = "folded-"
+
+
+def order(incarnation: str) -> str:
+    """
+    A key that sorts a node's incarnations in the order they started: the
+    incarnation itself (a fixed-width hex time, then random digits); an
+    incarnation of an older release (12 random hex digits) sorts first.
+    """
+    if incarnation.startswith(FOLDED):
+        incarnation = incarnation[len(FOLDED) :]
+    return incarnation if len(incarnation) == 17 else ""
+
+
+def fold_replica(node: str, latest: str) -> str:
+    """The replica id of a fold slot absorbing NODE's incarnations up to C{latest}."""
+    if latest.startswith(FOLDED):
+        latest = latest[len(FOLDED) :]
+    return f"{node}/{FOLDED}{latest}"
+
+
+def is_fold(replica: str) -> bool:
+    return replica.rpartition("/")[2].startswith(FOLDED)
+
+
+def absorbs(fold: str, replica: str) -> bool:
+    """
+    Whether fold slot C{fold} supersedes C{replica}'s slot: one of the same
+    node, of an incarnation no later than the fold's (or an earlier fold).
+    """
+    node, _, inc = replica.rpartition("/")
+    fnode, _, finc = fold.rpartition("/")
+    if node != fnode or replica == fold:
+        return False
+    latest = order(finc)
+    if inc.startswith(FOLDED):
+        return order(inc) < latest
+    return order(inc) <= latest
 
 
 class CounterOverflow(ValueError):
@@ -70,6 +120,8 @@ class Counters:
         """
         self._slots: dict[str, dict[str, Slot]] = {}
         self._values: dict[str, int] = {}
+        #: counter -> node -> its fold slot there: the counters with one.
+        self._folded: dict[str, dict[str, str]] = {}
         self.max_counters: int | None = None
         #: counters in merged state left out for want of room, since start.
         self.refused = 0
@@ -170,11 +222,13 @@ class Counters:
             self._values[name] = self._values.get(name, 0) + amounts[name]
         return slots
 
-    def merge(self, state: State) -> list[SlotKey]:
+    def merge(self, state: State, dropped: list[SlotKey] | None = None) -> list[SlotKey]:
         """
         Merge another replica's state (whole or partial) into this one.
 
-        @return: the keys of the slots that grew.
+        @param dropped: if given, the keys of the slots that a fold slot in
+            C{state} superseded (and that are gone) are appended to it.
+        @return: the keys of the slots that grew (or arrived).
         """
         grown: list[SlotKey] = []
         for name, replicas in state.items():
@@ -183,8 +237,18 @@ class Counters:
                 continue
             mine = self._slots.setdefault(name, {})
             delta = 0
+            folds = [r for r in replicas if FOLDED in r and is_fold(r)]
+            if folds or name in self._folded:
+                delta += self._take_folds(name, mine, replicas, folds, grown, dropped)
             for replica, (p, n) in replicas.items():
-                old_p, old_n = mine.get(replica, (0, 0))
+                if replica in folds:
+                    continue
+                old = mine.get(replica)
+                if old is None:
+                    if name in self._folded and self._superseded(name, replica):
+                        continue
+                    old = (0, 0)
+                old_p, old_n = old
                 new_p, new_n = max(old_p, p), max(old_n, n)
                 if (new_p, new_n) != (old_p, old_n):
                     mine[replica] = (new_p, new_n)
@@ -195,6 +259,90 @@ class Counters:
             else:
                 self._values[name] = self._values.get(name, 0) + delta
         return grown
+
+    def _superseded(self, name: str, replica: str) -> bool:
+        fold = self._folded[name].get(node_of(replica))
+        return fold is not None and absorbs(fold, replica)
+
+    def _take_folds(
+        self,
+        name: str,
+        mine: dict[str, Slot],
+        replicas: Mapping[str, Slot],
+        folds: list[str],
+        grown: list[SlotKey],
+        dropped: list[SlotKey] | None,
+    ) -> int:
+        """
+        Take up the fold slots among C{replicas} that supersede ours: drop
+        what each absorbs.  Returns the change in the counter's value.
+        """
+        delta = 0
+        known = self._folded.setdefault(name, {})
+        for fold in folds:
+            node = node_of(fold)
+            current = known.get(node)
+            if current is not None and (current == fold or absorbs(current, fold)):
+                continue  # ours, or one ours supersedes: a fold slot never changes
+            for replica in [r for r in mine if absorbs(fold, r)]:
+                p, n = mine.pop(replica)
+                delta -= p - n
+                if dropped is not None:
+                    dropped.append((name, replica))
+            p, n = replicas[fold]
+            mine[fold] = (p, n)
+            delta += p - n
+            known[node] = fold
+            grown.append((name, fold))
+        if not known:
+            del self._folded[name]
+        return delta
+
+    def foldable(self, replica: str) -> list[str]:
+        """
+        The counters where C{replica}'s node has slots of earlier
+        incarnations that L{fold} would fold: two or more, or one that is
+        not a fold slot.
+        """
+        return [
+            name
+            for name, slots in self._slots.items()
+            if len(self._retired(slots, replica)) > 1
+            or any(not is_fold(r) for r in self._retired(slots, replica))
+        ]
+
+    @staticmethod
+    def _retired(slots: Mapping[str, Slot], replica: str) -> list[str]:
+        node, _, live = replica.rpartition("/")
+        prefix, latest = node + "/", order(live)
+        return [
+            r for r in slots if r.startswith(prefix) and r != replica and order(r.rpartition("/")[2]) < latest
+        ]
+
+    def fold(self, replica: str, dropped: list[SlotKey]) -> dict[str, dict[str, Slot]]:
+        """
+        Fold, in every counter, the slots of C{replica}'s node's earlier
+        incarnations (frozen: only merges grow them) into one fold slot,
+        their sum.  Values do not change.
+
+        Only sound once this map holds at least what any replica holds of
+        those slots: a copy larger than what was folded is superseded too.
+
+        @param dropped: the keys of the slots folded are appended to it.
+        @return: the fold slots made, as state.
+        """
+        folds: dict[str, dict[str, Slot]] = {}
+        for name in self.foldable(replica):
+            slots = self._slots[name]
+            retired = self._retired(slots, replica)
+            latest = max(retired, key=lambda r: (order(r.rpartition("/")[2]), r))
+            p = sum(slots[r][0] for r in retired)
+            n = sum(slots[r][1] for r in retired)
+            if p > MAX_SLOT or n > MAX_SLOT:
+                continue  # left as they are: folding is only an economy
+            folds[name] = {fold_replica(node_of(replica), latest.rpartition("/")[2]): (p, n)}
+        self.merge(folds, dropped)
+        return folds
 
     def add_keyed(
         self, key: str, replica: str, digest: str, amounts: list[tuple[str, int]], now: float

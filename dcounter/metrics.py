@@ -194,7 +194,18 @@ class StateCollector(Collector):
             labels=["counter"],
         )
         replica = self.node.replica
-        for name, slots in sorted(self.node.counters.state().items()):
+        state = self.node.counters.state()
+        yield GaugeMetricFamily(
+            "dcounter_slots",
+            "Slots in this node's state (one per counter and replica): restarts add some, folds remove them.",
+            sum(len(slots) for slots in state.values()),
+        )
+        yield GaugeMetricFamily(
+            "dcounter_fold_pending",
+            "1 while slots of this node's earlier incarnations wait to be folded.",
+            int(self.node.fold_pending),
+        )
+        for name, slots in sorted(state.items()):
             p = sum(slot[0] for slot in slots.values())
             n = sum(slot[1] for slot in slots.values())
             own = slots.get(replica, (0, 0))

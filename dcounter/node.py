@@ -21,7 +21,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from dcounter.counter import Counters, Slot, SlotKey, State
+from dcounter.counter import Counters, Slot, SlotKey, State, is_fold
 from dcounter.idempotency import Entry, KeyState, Record
 from dcounter.store import Store
 
@@ -80,6 +80,9 @@ class Node:
         self.counters = Counters(max_counters=max_counters)
         self._durable: dict[str, Slot] = {}
         self._listeners: list[WriteListener] = []
+        #: Whether the state holds slots of this node's earlier incarnations
+        #: that L{fold} would fold.
+        self.fold_pending = False
         #: Grows whenever what L{outgoing} or L{outgoing_keys} returns may
         #: have changed.
         self.version = 0
@@ -98,6 +101,7 @@ class Node:
                 self._mark_durable(name, slots[self.replica])
         self.counters.merge_keys(self.store.load_keys(), self.clock.seconds(), self.key_window)
         self.version += 1
+        self.fold_pending = bool(self.counters.foldable(self.replica))
         self._settle()
 
     @property
@@ -285,7 +289,8 @@ class Node:
 
         @return: the slots that grew.
         """
-        grown = self.counters.merge(state)
+        dropped: list[SlotKey] = []
+        grown = self.counters.merge(state, dropped)
         new_keys = self.counters.merge_keys(keys, self.clock.seconds(), self.key_window) if keys else []
         if new_keys:
             self.version += 1
@@ -302,8 +307,46 @@ class Node:
                 # or a backup was restored): it is as safe as durable.  Only
                 # what they sent: the merged slot may hold pending writes.
                 self._mark_durable(name, slot)
-            self.store.save(changed).addErrback(lambda f: self.log.failure("could not store merged state", f))
+            prefix = self.node_id + "/"
+            if any(r.startswith(prefix) and r != self.replica and not is_fold(r) for _, r in grown):
+                self.fold_pending = True  # a slot of an earlier incarnation we did not know
+            self.store.save(changed, drop=dropped).addErrback(
+                lambda f: self.log.failure("could not store merged state", f)
+            )
         return grown
+
+    def has_others(self) -> bool:
+        """Whether the state holds slots of other nodes: this node has had peers."""
+        prefix = self.node_id + "/"
+        return any(not r.startswith(prefix) for slots in self.counters.state().values() for r in slots)
+
+    def fold(self) -> int:
+        """
+        Fold the slots of this node's earlier incarnations, in every
+        counter, into one fold slot (see L{dcounter.counter}); store it,
+        forget them, and offer the fold slots to peers.  The caller knows
+        that every member has shown this node what it holds of them.
+
+        @return: the number of slots folded away.
+        """
+        dropped: list[SlotKey] = []
+        folds = self.counters.fold(self.replica, dropped)
+        self.fold_pending = False
+        if not folds:
+            return 0
+        self.version += 1
+        keys = [(name, replica) for name, slots in folds.items() for replica in slots]
+        self.log.info(
+            "folded {slots} slots of earlier incarnations of this node into {folds}",
+            slots=len(dropped),
+            folds=len(keys),
+        )
+        self.store.save(folds, drop=dropped).addErrback(
+            lambda f: self.log.failure("could not store folds", f)
+        )
+        for listener in self._listeners:
+            listener(keys, [])
+        return len(dropped)
 
     def durable(self) -> Deferred[None]:
         """

@@ -26,6 +26,14 @@ Write concern: the replicator knows how much of this node's own slots each
 peer holds (what it acknowledged in a push or push-pull, or sent us), so a
 write can wait until N peers hold it (L{Replicator.replicated}).
 
+Folding: a node's state holds the frozen slots of its earlier incarnations
+(one each start).  Once C{fold_after} seconds have passed since start, and
+every member this node knows has answered an anti-entropy round begun since
+then (so this node holds at least what any member holds of those slots), the
+node folds them (L{Node.fold}); a node that knows no member folds only if its
+state holds no other node's slots (it never had peers).  While a fold waits, rounds go to members not
+caught up with yet.
+
 Graceful stop: on stop, every live peer that does not hold all of this
 node's own slots yet gets one last push, for a bounded time; whatever could
 not be delivered is logged.
@@ -87,6 +95,7 @@ class Replicator(TimerService):
         admission: Admission | None = None,
         stop_timeout: float = 3.0,
         swim: Swim | None = None,
+        fold_after: float = 60.0,
     ) -> None:
         self.node = node
         self.admission = admission or Admission(membership, node.cluster)
@@ -110,6 +119,9 @@ class Replicator(TimerService):
         self._holds: dict[str, dict[SlotKey, Slot]] = {}
         self._waiters: list[_Waiter] = []
         self.stop_timeout = stop_timeout
+        self.fold_after = fold_after
+        #: peer -> when the last anti-entropy round with it that completed began
+        self._caught_up: dict[str, float] = {}
         node.subscribe(self.local_write)
         membership.subscribe(self._peer_changed)
 
@@ -304,13 +316,17 @@ class Replicator(TimerService):
             digest=self.summary(),
             members=tuple(self.membership.live()),
         )
+        began = self.clock.seconds()
         d = self.client.digest(peer, message, digest.BUCKETS)
 
         def answered(reply: wire.DigestReply) -> Deferred[None] | None:
-            if self._merge_reply(peer, reply) and reply.keys != self.keys_summary():
+            if not self._merge_reply(peer, reply):
+                return None
+            if reply.keys != self.keys_summary():
                 # Idempotency keys differ (one side missed a push): they
                 # travel whole, with the state, this round.
                 return self.exchange_whole(peer)
+            self._caught_up[peer] = began
             return None
 
         def failed(reason: Any) -> Deferred[None] | None:
@@ -374,12 +390,14 @@ class Replicator(TimerService):
         does not know /digest.
         """
         state = self.node.outgoing()
+        began = self.clock.seconds()
         d = self.client.sync(peer, self._message(state, reply=True, keys=self.node.outgoing_keys()))
 
         def merge(reply: wire.Sync | None) -> None:
             self._record_held(peer, state)
             if reply is not None:
                 self.received(reply)
+                self._caught_up[peer] = began
 
         def failed(reason: Any) -> None:
             # The peer did not answer, or answered wrongly (another cluster).
@@ -393,11 +411,31 @@ class Replicator(TimerService):
         """
         try:
             live = self.membership.live()
+            if self.node.fold_pending:
+                self._fold_if_caught_up()
+                behind = [peer for peer in live if not self._is_caught_up(peer)]
+                live = behind or live
             if live:
                 self.exchange(self._rng.choice(live))
             self.flush()
         except Exception:
             self.log.failure("anti-entropy round failed")
+
+    def _is_caught_up(self, peer: str) -> bool:
+        return self._caught_up.get(peer, -1.0) >= self.node.started + self.fold_after
+
+    def _fold_if_caught_up(self) -> None:
+        """
+        Fold this node's earlier incarnations if every member it knows (dead
+        ones too, until they are forgotten) has shown it what it holds.
+        """
+        if self.clock.seconds() < self.node.started + self.fold_after:
+            return
+        known = self.membership.known()
+        if not known and self.node.has_others():
+            return  # peers it has had are not found yet: one may hold more
+        if all(self._is_caught_up(peer) for peer in known):
+            self.node.fold()
 
     #: Peers a membership rumor is gossiped to at once (memberlist's
     #: GossipNodes).
@@ -430,6 +468,7 @@ class Replicator(TimerService):
             self._key_outbox.pop(peer, None)
         if new is None:
             self._holds.pop(peer, None)
+            self._caught_up.pop(peer, None)
 
     # Incoming.
 

@@ -12,8 +12,10 @@ Every start is a new incarnation, a new replica id, whatever the directory
 holds: a directory may be older than what the node handed out before (a
 restored backup, a rolled-back VM snapshot, a C{.sqlite3} copied without its
 C{-wal}), and a replica that resumed an old slot would have its new counts
-masked by the larger copy its peers hold.  The slots of earlier incarnations
-stay, as state like any other.
+masked by the larger copy its peers hold.  An incarnation id sorts after
+every earlier one of the node (the time it started, and never below the last
+one this directory saw), so that a fold slot (L{dcounter.counter}) can name
+the incarnations it absorbs.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import json
 import os
 import secrets
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, Protocol
@@ -35,7 +38,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from dcounter.counter import Slot, State
+from dcounter.counter import Slot, SlotKey, State, order
 from dcounter.idempotency import Entry, KeyState, Record
 from dcounter.metrics import Metrics
 
@@ -67,11 +70,16 @@ class Store(Protocol):
         """The idempotency keys stored so far."""
 
     def save(
-        self, state: State, keys: KeyState | None = None, forget: list[str] | None = None
+        self,
+        state: State,
+        keys: KeyState | None = None,
+        forget: list[str] | None = None,
+        drop: list[SlotKey] | None = None,
     ) -> Deferred[None]:
         """
-        Make these slots and idempotency keys durable, and forget the keys
-        of C{forget}, in one commit; fires once they are.
+        Make these slots and idempotency keys durable, forget the keys of
+        C{forget} and the slots of C{drop} (folded), in one commit; fires
+        once they are.
         """
 
     def start(self) -> None: ...
@@ -80,8 +88,17 @@ class Store(Protocol):
         """Finish pending writes and release the storage."""
 
 
-def new_incarnation() -> str:
-    return secrets.token_hex(6)
+def new_incarnation(after: str = "", now: float | None = None) -> str:
+    """
+    A new incarnation id: the start time in milliseconds (11 hex digits, so
+    that ids sort in time order), then 6 random hex digits.  It sorts after
+    C{after} (the last one this data directory saw) even if the clock went
+    back.
+    """
+    ms = int((time.time() if now is None else now) * 1000)
+    if order(after):
+        ms = max(ms, int(after[:11], 16) + 1)
+    return f"{ms:011x}{secrets.token_hex(3)}"
 
 
 class StoreError(Exception):
@@ -105,7 +122,11 @@ class MemoryStore:
         return {}
 
     def save(
-        self, state: State, keys: KeyState | None = None, forget: list[str] | None = None
+        self,
+        state: State,
+        keys: KeyState | None = None,
+        forget: list[str] | None = None,
+        drop: list[SlotKey] | None = None,
     ) -> Deferred[None]:
         return succeed(None)
 
@@ -209,14 +230,15 @@ class SQLiteStore:
             self._lock: IO[str] | None = self._take_lock(os.path.join(directory, "lock"))
         except OSError as e:
             raise StoreError(f"cannot use data directory {directory!r}: {e}") from e
-        self._check()
-        self.identity = Identity(node_id, new_incarnation())
+        last = self._check()
+        self.identity = Identity(node_id, new_incarnation(last))
         self._worker = worker
         self._db: sqlite3.Connection | None = None
         self._stopped = False
         self._pending: dict[tuple[str, str], Slot] = {}
         self._pending_keys: dict[str, Record] = {}
         self._pending_forget: set[str] = set()
+        self._pending_drop: set[SlotKey] = set()
         self._waiting: list[Deferred[None]] = []
         self._committing: Deferred[None] | None = None
         self._idle: list[Deferred[None]] = []
@@ -231,15 +253,20 @@ class SQLiteStore:
             raise StoreError(f"{path} is locked: another dcounter node uses this data directory") from None
         return lock
 
-    def _check(self) -> None:
+    def _check(self) -> str:
         """
         Fail now, before twistd forks, if the database cannot be read: a
         connection opened and closed here never crosses the fork.
+
+        @return: the last incarnation this directory saw, or "".
         """
         try:
             db = sqlite3.connect(self.path)
             try:
                 db.execute("PRAGMA schema_version").fetchone()
+                has_meta = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone()
+                row = has_meta and db.execute("SELECT value FROM meta WHERE key = 'incarnation'").fetchone()
+                return str(row[0]) if row else ""
             finally:
                 db.close()
         except sqlite3.Error as e:
@@ -258,6 +285,9 @@ class SQLiteStore:
                 db.executescript(_SCHEMA)
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=FULL")
+                db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('incarnation', ?)", (self.identity.incarnation,)
+                )
             except sqlite3.Error:
                 db.close()
                 raise
@@ -314,11 +344,15 @@ class SQLiteStore:
             self._lock = None
 
     def save(
-        self, state: State, keys: KeyState | None = None, forget: list[str] | None = None
+        self,
+        state: State,
+        keys: KeyState | None = None,
+        forget: list[str] | None = None,
+        drop: list[SlotKey] | None = None,
     ) -> Deferred[None]:
         """
-        Make these slots and keys durable, and forget C{forget}, in one
-        transaction.  The result fires once they are committed,
+        Make these slots and keys durable, and forget C{forget} and the
+        slots of C{drop}, in one transaction.  The result fires once they are committed,
         or fails with L{StoreError}: the database's error, or the store is
         not running.
         """
@@ -345,6 +379,9 @@ class SQLiteStore:
         for key in forget or ():
             self._pending_keys.pop(key, None)
             self._pending_forget.add(key)
+        for slot in drop or ():
+            pending.pop(slot, None)
+            self._pending_drop.add(slot)
         waiter: Deferred[None] = Deferred()
         self._waiting.append(waiter)
         if self._committing is None:
@@ -353,9 +390,9 @@ class SQLiteStore:
 
     def _commit_next(self) -> None:
         batch, waiting = self._pending, self._waiting
-        keys, forget = self._pending_keys, self._pending_forget
+        keys, forget, drop = self._pending_keys, self._pending_forget, self._pending_drop
         self._pending, self._waiting = {}, []
-        self._pending_keys, self._pending_forget = {}, set()
+        self._pending_keys, self._pending_forget, self._pending_drop = {}, set(), set()
         rows = [(c, r, p, n) for (c, r), (p, n) in batch.items()]
         entries = [
             (key, r, e.at, e.digest, json.dumps(e.writes, separators=(",", ":")))
@@ -369,7 +406,7 @@ class SQLiteStore:
             for s in ss
         ]
         started = self._clock.seconds()
-        self._committing = self._worker.run(self._write, rows, entries, settled, sorted(forget))
+        self._committing = self._worker.run(self._write, rows, entries, settled, sorted(forget), sorted(drop))
 
         def done(result: object) -> None:
             if not isinstance(result, Failure):
@@ -394,6 +431,7 @@ class SQLiteStore:
         entries: Sequence[tuple[str, str, float, str, str]] = (),
         settled: Sequence[tuple[str, str, str]] = (),
         forget: Sequence[str] = (),
+        drop: Sequence[SlotKey] = (),
     ) -> None:
         db = self._db
         assert db is not None
@@ -405,5 +443,6 @@ class SQLiteStore:
                 db.executemany("INSERT OR IGNORE INTO idem_settled VALUES (?, ?, ?)", settled)
                 db.executemany("DELETE FROM idem_entries WHERE key = ?", [(k,) for k in forget])
                 db.executemany("DELETE FROM idem_settled WHERE key = ?", [(k,) for k in forget])
+                db.executemany("DELETE FROM slots WHERE counter = ? AND replica = ?", drop)
         except sqlite3.Error as e:
             raise StoreError(f"could not commit to the data directory: {e}") from e

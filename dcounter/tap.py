@@ -214,6 +214,14 @@ class Options(usage.Options):
             _float("--anti-entropy-interval", 0.05),
         ],
         [
+            "fold-after",
+            None,
+            60.0,
+            "Seconds after start before this node folds the slots of its earlier incarnations "
+            "(once every member it knows has caught up with it since).",
+            _float("--fold-after", 0.0),
+        ],
+        [
             "log-format",
             None,
             "text",
@@ -479,6 +487,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         interval=options["anti-entropy-interval"],
         admission=admission,
         swim=swim,
+        fold_after=options["fold-after"],
     )
     discovery = None
     if not options["no-discovery"]:

@@ -109,6 +109,7 @@ def make_node(
     admin_token: str | None = None,
     client_token: str | None = None,
     indirect: int = 3,
+    fold_after: float = 60.0,
     **membership_options: Any,
 ) -> TestNode:
     """
@@ -154,6 +155,7 @@ def make_node(
         interval=anti_entropy_interval,
         admission=health.admission,
         swim=swim,
+        fold_after=fold_after,
     )
     metrics.watch(node, membership, health, discovery, guard)
     api = CounterAPI(

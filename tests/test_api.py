@@ -416,7 +416,7 @@ def test_batch_body_over_the_limit_is_413(net: Network, a: TestNode) -> None:
 
 def test_batch_store_error_is_503(net: Network, a: TestNode) -> None:
     """A batch the store cannot commit is a 503, like a single write."""
-    a.store.save = lambda state: fail(StoreError("disk on fire"))  # type: ignore[method-assign]
+    a.store.save = lambda state, **_: fail(StoreError("disk on fire"))  # type: ignore[method-assign]
     assert_error(post(net, "/counters", {"a": 1, "b": 2}), 503)
 
 
@@ -539,7 +539,7 @@ def test_overflow_is_a_conflict(net: Network, a: TestNode) -> None:
 
 def test_store_error_is_503(net: Network, a: TestNode) -> None:
     """A write the store cannot make durable is a 503 JSON error."""
-    a.store.save = lambda state: fail(StoreError("disk on fire"))  # type: ignore[method-assign]
+    a.store.save = lambda state, **_: fail(StoreError("disk on fire"))  # type: ignore[method-assign]
     reply = post(net, "/increment")
     assert_error(reply, 503)
     assert "disk on fire" in reply.json["error"]
@@ -597,7 +597,7 @@ def test_peer_sync_is_answered_once_durable(net: Network, a: TestNode) -> None:
     """
     commits: list[Deferred[None]] = []
 
-    def pending(state: object) -> Deferred[None]:
+    def pending(state: object, **_: object) -> Deferred[None]:
         d: Deferred[None] = Deferred()
         commits.append(d)
         return d
@@ -615,7 +615,7 @@ def test_peer_sync_is_answered_once_durable(net: Network, a: TestNode) -> None:
     net.settle()
     assert answered
     assert answer(net, d).json == {"ok": True}
-    a.store.save = lambda state: fail(StoreError("disk full"))  # type: ignore[method-assign]
+    a.store.save = lambda state, **_: fail(StoreError("disk full"))  # type: ignore[method-assign]
     assert_error(post(net, "/sync", wire.encode_sync(sync)), 503)
 
 

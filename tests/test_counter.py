@@ -4,6 +4,7 @@ Tests for dcounter.counter: the PN-counter map and its CRDT laws.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable
 
 import pytest
@@ -17,9 +18,11 @@ from dcounter.counter import (
     MIN_VALUE,
     CounterOverflow,
     Counters,
+    Slot,
     SlotKey,
     State,
     TooManyCounters,
+    order,
 )
 
 NAMES = ["default", "a", "b"]
@@ -417,3 +420,124 @@ def test_add_many_respects_max_counters():
         "y": (1, 0),
         DEFAULT_COUNTER: (1, 0),
     }
+
+
+# Folding a node's retired incarnations.
+
+
+def inc(started: int) -> str:
+    """An incarnation id of the current format, started at C{started}."""
+    return f"{started:011x}0a1b2c"
+
+
+def replica(node: str, started: int) -> str:
+    return f"{node}/{inc(started)}"
+
+
+def test_incarnations_sort_in_start_order():
+    assert order(inc(9)) < order(inc(10)) < order(inc(2**40))
+    assert order("0123456789ab") == ""  # an older release's: before any
+    assert order("folded-" + inc(3)) == order(inc(3))
+
+
+def test_fold_sums_a_nodes_retired_slots_into_one():
+    counters = Counters(
+        {
+            "a": {replica("x", 1): (5, 1), replica("x", 2): (3, 0), replica("x", 3): (1, 0), "y/1": (7, 0)},
+            "b": {replica("x", 1): (2, 0)},
+        }
+    )
+    dropped: list[SlotKey] = []
+    folds = counters.fold(replica("x", 3), dropped)
+    fold_a = f"x/folded-{inc(2)}"
+    assert folds == {"a": {fold_a: (8, 1)}, "b": {f"x/folded-{inc(1)}": (2, 0)}}
+    assert counters.state() == {
+        "a": {fold_a: (8, 1), replica("x", 3): (1, 0), "y/1": (7, 0)},
+        "b": {f"x/folded-{inc(1)}": (2, 0)},
+    }
+    assert sorted(dropped) == sorted([("a", replica("x", 1)), ("a", replica("x", 2)), ("b", replica("x", 1))])
+    assert counters.values() == {"a": 15, "b": 2}
+    assert counters.foldable(replica("x", 3)) == []
+    assert_values_consistent(counters)
+
+
+def test_a_fold_is_folded_again_after_the_next_restart():
+    counters = Counters({"a": {f"x/folded-{inc(2)}": (8, 1), replica("x", 3): (4, 0)}})
+    assert counters.foldable(replica("x", 4)) == ["a"]
+    dropped: list[SlotKey] = []
+    counters.fold(replica("x", 4), dropped)
+    assert counters.state() == {"a": {f"x/folded-{inc(3)}": (12, 1)}}
+    assert counters.value("a") == 11
+
+
+def test_the_live_incarnation_and_later_ones_are_not_folded():
+    counters = Counters({"a": {replica("x", 1): (1, 0), replica("x", 5): (2, 0), replica("x", 9): (4, 0)}})
+    counters.fold(replica("x", 5), [])
+    assert counters.state() == {
+        "a": {f"x/folded-{inc(1)}": (1, 0), replica("x", 5): (2, 0), replica("x", 9): (4, 0)}
+    }
+
+
+def test_a_fold_supersedes_the_slots_it_absorbs_wherever_it_arrives():
+    peer = Counters({"a": {replica("x", 1): (5, 0), replica("x", 2): (3, 0), "y/1": (1, 0)}})
+    dropped: list[SlotKey] = []
+    grown = peer.merge({"a": {f"x/folded-{inc(2)}": (8, 0), replica("x", 3): (1, 0)}}, dropped)
+    assert peer.state() == {"a": {f"x/folded-{inc(2)}": (8, 0), replica("x", 3): (1, 0), "y/1": (1, 0)}}
+    assert sorted(dropped) == [("a", replica("x", 1)), ("a", replica("x", 2))]
+    assert sorted(grown) == sorted([("a", f"x/folded-{inc(2)}"), ("a", replica("x", 3))])
+    assert peer.value("a") == 10
+    assert_values_consistent(peer)
+    # What the fold absorbed, arriving late by another path, counts for nothing.
+    assert peer.merge({"a": {replica("x", 1): (6, 0), f"x/folded-{inc(1)}": (5, 0)}}) == []
+    assert peer.value("a") == 10
+    # An incarnation the fold does not cover still counts.
+    assert peer.merge({"a": {replica("x", 4): (2, 0)}}) == [("a", replica("x", 4))]
+    assert peer.value("a") == 12
+
+
+def test_a_fold_that_arrives_before_the_slots_it_absorbs():
+    peer = Counters({"a": {"y/1": (1, 0)}})
+    peer.merge({"a": {f"x/folded-{inc(2)}": (8, 0)}})
+    peer.merge({"a": {replica("x", 2): (3, 0)}})
+    assert peer.state() == {"a": {f"x/folded-{inc(2)}": (8, 0), "y/1": (1, 0)}}
+    assert_values_consistent(peer)
+
+
+#: One node's history: incarnations 1..4 each count into their own slot;
+#: the owner folds after incarnations 2 and 4 started.
+def _history() -> list[dict[str, dict[str, Slot]]]:
+    owner = Counters()
+    snapshots = []
+    for started in range(1, 5):
+        live = replica("x", started)
+        if started in (2, 4):
+            owner.fold(live, [])
+        for name in ("a", "b")[: started % 2 + 1]:
+            owner.add(name, live, started)
+            snapshots.append(owner.state())
+    return snapshots
+
+
+@given(st.permutations(range(len(_history()))), st.integers(0, 2**32))
+def test_folds_converge_whatever_the_order_of_arrival(permutation, seed):
+    """
+    Snapshots of a node that folds, merged in any order with repeats:
+    every replica ends with the owner's state and value, and the value read
+    never goes down (each snapshot holds all of the slots folded before it).
+    """
+    snapshots = _history()
+    owner = Counters()
+    for snapshot in snapshots:
+        owner.merge(snapshot)
+    rng = random.Random(seed)
+    peer = Counters()
+    seen = {"a": 0, "b": 0}
+    for i in list(permutation) + rng.sample(range(len(snapshots)), 3):
+        peer.merge(snapshots[i])
+        values = peer.values()
+        for name in seen:
+            assert values.get(name, 0) >= seen[name]
+            seen[name] = values.get(name, 0)
+        assert_values_consistent(peer)
+    assert peer.state() == snapshots[-1]
+    assert peer.values() == {"a": 1 + 2 + 3 + 4, "b": 1 + 3}

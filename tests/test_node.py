@@ -29,6 +29,8 @@ class ManualStore:
         self.identity = Identity(NODE, "inc1")
         self.state = state or {}
         self.saves: list[tuple[dict, Deferred[None]]] = []
+        #: the slots each save was asked to forget, in order
+        self.dropped: list[tuple[str, str]] = []
 
     def load(self) -> dict:
         return {name: dict(slots) for name, slots in self.state.items()}
@@ -36,9 +38,10 @@ class ManualStore:
     def load_keys(self) -> dict:
         return {}
 
-    def save(self, state, keys=None, forget=None) -> Deferred[None]:
+    def save(self, state, keys=None, forget=None, drop=None) -> Deferred[None]:
         d: Deferred[None] = Deferred()
         self.saves.append((state, d))
+        self.dropped.extend(drop or ())
         return d
 
     def saved(self) -> list[dict]:
@@ -424,3 +427,51 @@ def test_node_state_service_opens_store_loads_state_and_stops_it(tmp_path):
     assert result_of(written) == 8
     assert result_of(stopped) is None
     failure_of(node.add("c", 1)).trap(StoreError)
+
+
+# Folding this node's earlier incarnations.
+
+EARLIER = f"{NODE}/{1:011x}aaaaaa"
+EARLIEST = f"{NODE}/{0:011x}aaaaaa"
+
+
+def make_later_node(state: dict) -> tuple[Node, ManualStore]:
+    store = ManualStore(state)
+    store.identity = Identity(NODE, f"{2:011x}bbbbbb")
+    node = Node(store, "dcounter", Clock())
+    node.load()
+    return node, store
+
+
+def test_fold_makes_one_slot_of_earlier_incarnations_and_offers_it():
+    node, store = make_later_node({"c": {EARLIEST: (4, 1), EARLIER: (2, 0), PEER: (10, 0)}})
+    assert node.fold_pending
+    offered: list = []
+    node.subscribe(lambda slots, keys: offered.append(slots))
+    assert node.fold() == 2
+    fold = f"{NODE}/folded-{1:011x}aaaaaa"
+    assert node.outgoing() == {"c": {fold: (6, 1), PEER: (10, 0)}}
+    assert node.value("c") == 15
+    assert store.saved() == [{"c": {fold: (6, 1)}}]
+    assert sorted(store.dropped) == [("c", EARLIEST), ("c", EARLIER)]
+    assert offered == [[("c", fold)]]
+    assert not node.fold_pending
+    assert node.fold() == 0
+
+
+def test_a_slot_of_an_earlier_incarnation_arriving_later_makes_a_fold_pending():
+    node, _ = make_later_node({"c": {PEER: (1, 0)}})
+    assert not node.fold_pending
+    node.merge({"c": {PEER: (2, 0)}})
+    assert not node.fold_pending
+    node.merge({"c": {EARLIER: (3, 0)}})
+    assert node.fold_pending
+
+
+def test_merging_a_fold_forgets_what_it_absorbs_in_the_store():
+    node, store = make_later_node({"c": {PEER + "x": (1, 0)}})
+    other = "10.0.0.9:8080"
+    node.merge({"c": {f"{other}/{0:011x}aaaaaa": (5, 0)}})
+    node.merge({"c": {f"{other}/folded-{0:011x}aaaaaa": (5, 0)}})
+    assert store.dropped == [("c", f"{other}/{0:011x}aaaaaa")]
+    assert node.value("c") == 6

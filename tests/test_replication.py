@@ -439,3 +439,52 @@ def test_write_concern_counts_peers_that_hold_the_write() -> None:
     net.advance(1.0)
     assert result_of(late) == 0
     assert a.replicator.replicated(key, (0, 0), 0, timeout=1.0).called
+
+
+def _earlier(node: TestNode) -> str:
+    """A replica id of an incarnation of C{node} before its current one."""
+    return f"{node.id}/{0:011x}aaaaaa"
+
+
+def test_a_node_folds_its_earlier_incarnations_once_every_member_caught_up() -> None:
+    """
+    A node restored from an old copy holds less of its earlier slot than a
+    peer does: it folds only after a round with every member, so the fold
+    is the largest copy, and every node ends with the fold alone.
+    """
+    net = Network()
+    nodes = net.add_many(3, fold_after=5.0)
+    a, b, c = nodes
+    net.mesh()
+    for node in nodes:
+        node.replicator.startService()
+    a.node.merge({"default": {_earlier(a): (3, 0)}})
+    b.node.merge({"default": {_earlier(a): (5, 0)}})
+    assert a.node.fold_pending
+    net.advance(4.0)
+    assert a.node.fold_pending  # not before fold_after
+    net.advance(20.0)
+    assert not a.node.fold_pending
+    fold = f"{a.id}/folded-{0:011x}aaaaaa"
+    assert [n.node.counters.state() for n in nodes] == [{"default": {fold: (5, 0)}}] * 3
+    assert counts(nodes) == [5, 5, 5]
+    for node in nodes:
+        node.replicator.stopService()
+
+
+def test_a_dead_member_holds_a_fold_back_until_it_is_forgotten() -> None:
+    """A member that cannot be asked what it holds may hold more: no fold."""
+    net = Network()
+    nodes = net.add_many(3, fold_after=1.0)
+    a, b, c = nodes
+    net.mesh()
+    a.replicator.startService()
+    a.node.merge({"default": {_earlier(a): (3, 0)}})
+    a.membership.mark(c.id, PeerState.DEAD, net.clock.seconds())
+    net.advance(30.0)
+    assert a.node.fold_pending
+    a.membership.remove(c.id, net.clock.seconds())
+    net.advance(4.0)
+    assert not a.node.fold_pending
+    assert a.node.counters.state() == {"default": {f"{a.id}/folded-{0:011x}aaaaaa": (3, 0)}}
+    a.replicator.stopService()

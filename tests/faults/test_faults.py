@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import subprocess
 import threading
 import time
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.faults.history import OK, History, Op, increment
-from tests.faults.workload import Load, finish
+from tests.faults.workload import Load, converge, finish
 from tests.integration.harness import Cluster, Node, start_all, time_to_mesh, wait_for
 from tests.integration.netns import Network
 
@@ -89,7 +90,8 @@ def test_2_kill_and_restart_without_data(cluster: Cluster, tmp_path: Path) -> No
     )
 
 
-def test_3_restart_from_an_old_copy_of_the_data(cluster: Cluster, tmp_path: Path) -> None:
+@pytest.mark.parametrize("copied", ["stopped", "running"])
+def test_3_restart_from_an_old_copy_of_the_data(cluster: Cluster, tmp_path: Path, copied: str) -> None:
     """
     A node stopped, its data directory copied, started again: it acknowledges
     150 increments, which reach its peers.  Then it is killed, the old copy is
@@ -97,9 +99,17 @@ def test_3_restart_from_an_old_copy_of_the_data(cluster: Cluster, tmp_path: Path
     and takes 150 more increments at once.  Not one acknowledged increment
     may be lost (it was: the node reused its replica id, counted from its
     old slot, and its peers' larger copy of that slot swallowed the new
-    increments).
+    increments).  With C{copied="running"}, the copy is taken while the
+    node runs, half-way through the 150 (a VM snapshot): it holds part of
+    a slot that the node went on counting in.
+
+    Every node folds its earlier incarnations one second after it starts
+    (once it has caught up with every member): c's fold, made after it
+    restarted from the old copy, must hold the peers' larger copy of the
+    slot it folds, and every node must still read the same afterwards.
     """
     cluster.extra += ["--wait-timeout", "20"]  # busy machines: within the client's 30 s
+    cluster.extra += ["--fold-after", "1"]
     a, b, c = _mesh(cluster)
     history = History()
     load = Load([a, b], tmp_path).start()
@@ -108,13 +118,17 @@ def test_3_restart_from_an_old_copy_of_the_data(cluster: Cluster, tmp_path: Path
     c.stop()
     backup = tmp_path / "backup"
     assert c.data_dir is not None
-    shutil.copytree(c.data_dir, backup)
+    if copied == "stopped":
+        shutil.copytree(c.data_dir, backup)
     history.started(c.id)
     c.start().wait_up(START)
     time_to_mesh([a, b, c], MESH)
     # Acknowledged once both peers hold them (durably): the 150 are the
     # peers' to keep, whatever becomes of c's disk.
-    assert _increments(history, c, 150, wait="all") == 150
+    assert _increments(history, c, 75, wait="all") == 75
+    if copied == "running":
+        shutil.copytree(c.data_dir, backup)
+    assert _increments(history, c, 75, wait="all") == 75
 
     c.kill()
     shutil.rmtree(c.data_dir)
@@ -127,12 +141,46 @@ def test_3_restart_from_an_old_copy_of_the_data(cluster: Cluster, tmp_path: Path
         history.started(c.id)
         c.start().wait_up(START)
         assert _increments(history, c, 150) == 150
+        # The peers stay away past c's fold_after and an anti-entropy tick
+        # (every 2 s): a fold made now, of c's old copy alone, would lose
+        # the 150 its peers hold.
+        _run(2.5)
     finally:
         for node in (a, b):
             node.resume()
     healed = time.monotonic()
     load.stop(history)
-    finish("scenario 3 (restart from an old copy of the data, write at once)", history, [a, b, c], healed)
+    result = finish(
+        f"scenario 3 (restart from an old copy of the data, copied {copied}, write at once)",
+        history,
+        [a, b, c],
+        healed,
+    )
+    wait_for(
+        lambda: not c.get("/members")[1]["fold_pending"], MESH, what="c to fold its earlier incarnations"
+    )
+    # c's two earlier incarnations are one fold slot, on every node's disk.
+    for node in (a, b, c):
+        wait_for(
+            lambda node=node: _slots_of(node, c) == ["folded", "live"],
+            MESH,
+            what=f"{node.id} to hold c's fold",
+        )
+    counts, _ = converge([a, b, c])
+    assert set(counts.values()) == set(result.finals.values()), f"after c folded: {counts}"
+
+
+def _slots_of(node: Node, owner: Node) -> list[str]:
+    """The kinds of C{owner}'s slots of the default counter in C{node}'s database."""
+    assert node.data_dir is not None
+    db = sqlite3.connect(f"file:{node.data_dir / 'dcounter.sqlite3'}?mode=ro", uri=True, timeout=5)
+    try:
+        rows = db.execute(
+            "SELECT replica FROM slots WHERE counter = 'default' AND replica LIKE ?", (owner.id + "/%",)
+        ).fetchall()
+    finally:
+        db.close()
+    return sorted("folded" if r.rpartition("/")[2].startswith("folded-") else "live" for (r,) in rows)
 
 
 def _hosts(cluster: Cluster, net: Network) -> list[Node]:
