@@ -214,6 +214,13 @@ class Options(usage.Options):
             _float("--anti-entropy-interval", 0.05),
         ],
         [
+            "stop-timeout",
+            None,
+            3.0,
+            "Seconds a stopping node waits for its peers to take its last writes.",
+            _float("--stop-timeout", 0.0),
+        ],
+        [
             "fold-after",
             None,
             60.0,
@@ -488,6 +495,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         admission=admission,
         swim=swim,
         fold_after=options["fold-after"],
+        stop_timeout=options["stop-timeout"],
     )
     discovery = None
     if not options["no-discovery"]:

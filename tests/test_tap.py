@@ -192,6 +192,8 @@ def test_failure_detector_defaults() -> None:
         ["--indirect-probes", "x"],
         ["--probe-timeout", "0"],
         ["--wait-timeout", "-1"],
+        ["--stop-timeout", "-1"],
+        ["--fold-after", "soon"],
     ],
 )
 def test_bad_failure_detector_options(args: list[str]) -> None:
@@ -281,6 +283,10 @@ def test_make_service_settings_reach_the_parts() -> None:
         "10.0.0.255",
         "--announce-interval",
         "4",
+        "--stop-timeout",
+        "1.5",
+        "--fold-after",
+        "7",
     )
     _, replicator, _, probes, ticks, gossip, discovery, _ = children(service)
     health = probes.call[0].__self__
@@ -295,6 +301,7 @@ def test_make_service_settings_reach_the_parts() -> None:
     assert replicator.swim is swim
     assert (gossip.call[0], gossip.step) == (replicator.gossip, 0.25 / 4)
     assert replicator.step == 3.0
+    assert (replicator.stop_timeout, replicator.fold_after) == (1.5, 7.0)
     assert replicator.node.cluster == "blue"
     assert replicator.node.node_id == "10.0.0.1:9100"
     assert (discovery.port, discovery.broadcasts, discovery.interval) == (7100, ["10.0.0.255"], 4.0)
