@@ -730,7 +730,9 @@ class CounterSite(Site):
     requestFactory = BoundedRequest
 
     def __init__(self, api: CounterAPI, access_log: bool = False, reactor: Any = None) -> None:
-        super().__init__(api.resource(), timeout=60, reactor=reactor)
+        # parsePOSTFormSubmission: the API reads JSON bodies itself; parsing each
+        # request's Content-Type for forms cost a peer 6% of its CPU per sync.
+        super().__init__(api.resource(), timeout=60, reactor=reactor, parsePOSTFormSubmission=False)
         self.access_log = access_log
 
     def log(self, request: Any) -> None:

@@ -14,7 +14,9 @@ import json
 from typing import Any
 
 import treq
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
+from twisted.web.iweb import IBodyProducer
+from zope.interface import implementer
 
 from dcounter import keyring, wire
 from dcounter.metrics import Metrics, sync_size
@@ -33,6 +35,32 @@ class PeerError(Exception):
     def __init__(self, message: str, code: int | None = None) -> None:
         super().__init__(message)
         self.code = code
+
+
+@implementer(IBodyProducer)
+class BytesProducer:
+    """
+    A request body written whole as soon as the request is: treq's default,
+    a FileBodyProducer, writes it from a cooperative task a reactor turn
+    later, in chunks.  For treq's C{HTTPClient(data_to_body_producer=...)}.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        consumer.write(self._data)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
 
 
 def peer_url(address: str, path: str) -> str:

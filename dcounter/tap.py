@@ -33,7 +33,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from dcounter import __version__, keyring, logs, wire
 from dcounter.admission import Admission
 from dcounter.api import CounterAPI, CounterSite
-from dcounter.client import PeerClient
+from dcounter.client import BytesProducer, PeerClient
 from dcounter.discovery import Discovery, DNSJoin, default_broadcasts
 from dcounter.health import HealthChecker
 from dcounter.membership import Membership
@@ -644,4 +644,4 @@ def _http_client(reactor: Any, timeout: float) -> HTTPClient:
     probes reuse them, and a connect timeout like the request's.
     """
     pool = _QuietPool(reactor, persistent=True)
-    return HTTPClient(Agent(reactor, connectTimeout=timeout, pool=pool))
+    return HTTPClient(Agent(reactor, connectTimeout=timeout, pool=pool), data_to_body_producer=BytesProducer)
