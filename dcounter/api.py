@@ -16,10 +16,12 @@ import json
 import os
 import platform
 import signal
+from collections.abc import Callable
 from typing import Any
 
 from klein import Klein
 from twisted.copyright import version as twisted_version
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -277,41 +279,43 @@ class CounterAPI:
         return await self._write(request, DEFAULT_COUNTER, by, {})
 
     @app.route("/sync", methods=["POST"])
-    async def sync(self, request: IRequest) -> bytes:
+    def sync(self, request: IRequest) -> Deferred[bytes]:
+        return self.peer_sync(request)
+
+    def peer_sync(self, request: IRequest) -> Deferred[bytes]:
         """
-        With a key set: a peer's sync must carry a valid MAC, from the node
-        it names as sender; the legacy C{{"count": N}} (no MAC) needs the
-        operator's token.  Without: as the original, open.
+        A peer's sync (also served by L{HotPaths}).  With a key set: it must
+        carry a valid MAC, from the node it names as sender; the legacy
+        C{{"count": N}} (no MAC) needs the operator's token.  Without: as
+        the original, open.
+
+        @return: the answer, once what the peer sent is durable here (a peer
+            that counts us among those holding its write, C{?wait=N}, may
+            then lose its disk).
+        @raise Exception: at once, for a sync refused; nothing changes.
         """
         body = _body(request, wire.MAX_SYNC_BODY)
-        auth = None
-        if self.guard.enabled:
-            auth = self._signature(request)
-            if auth is None:  # the legacy sync, or a forgery: the token first, before parsing
-                self._bearer(request, self.admin_token())
-            else:
-                self._verify(request, auth, self.node.node_id, body)
+        legacy = self.guard.enabled and self._signature(request) is None
+        if legacy:  # the legacy sync, or a forgery: the token first, before parsing
+            self._bearer(request, self.admin_token())
+            auth = None
+        else:
+            auth = self._peer_auth(request, body, "a peer's sync")
         message = wire.decode_sync(body)
         if isinstance(message, wire.LegacySync):
             if auth is not None:
                 raise wire.MalformedMessage("a peer's sync carries state, not 'count'")
             self._bearer(request, self.admin_token())
-            count = await self.node.raise_to(DEFAULT_COUNTER, message.count)
-            return _json(request, {"count": count, "node_id": self.node.node_id})
-        if self.guard.enabled:
-            if auth is None:
-                self.guard.refused("http", "unsigned")
-                raise Unauthorized("a peer's sync must be signed with the cluster's key")
-            if auth.sender != message.sender:
-                raise Unauthorized("a sync signed by one node in the name of another")
+            return self.node.raise_to(DEFAULT_COUNTER, message.count).addCallback(
+                lambda count: _json(request, {"count": count, "node_id": self.node.node_id})
+            )
+        if legacy:
+            self.guard.refused("http", "unsigned")
+            raise Unauthorized("a peer's sync must be signed with the cluster's key")
+        self._same_sender(auth, message.sender, "a sync")
         reply = self.replicator.received(message)
-        # Answer once what the peer sent is durable here: a peer that counts
-        # us among those holding its write (?wait=N) may then lose its disk.
-        await self.node.durable()
         answer = {"ok": True} if reply is None else wire.encode_sync(reply)
-        if auth is not None:
-            return self._signed(request, answer, auth)
-        return _json(request, answer)
+        return self.node.durable().addCallback(lambda _: self._peer_reply(request, auth, answer))
 
     def _peer_auth(self, request: IRequest, body: bytes, what: str) -> wire.Auth | None:
         """
@@ -577,9 +581,9 @@ _SIGNS = {b"increment": 1, b"decrement": -1}
 class HotPaths(Resource):
     """
     The hot routes (GET /count, POST /increment, GET /counters/{name},
-    POST /counters/{name}/increment and /decrement) served without Klein,
-    with the same answers and errors; every other request goes to Klein's
-    resource, C{fallback}.
+    POST /counters/{name}/increment and /decrement, and peers' POST /sync)
+    served without Klein, with the same answers and errors; every other
+    request goes to Klein's resource, C{fallback}.
 
     Why: under load, Klein's routing (werkzeug's URL map bound per request,
     Deferreds around every handler and its answer) took about half of the
@@ -614,6 +618,9 @@ class HotPaths(Resource):
             elif path == b"/increment":
                 if method == b"POST":
                     return self._add(request, DEFAULT_COUNTER, None, 1)
+            elif path == b"/sync":
+                if method == b"POST":
+                    return self._when(request, self.api.peer_sync(request), None)
             elif path.startswith(_COUNTERS) and b"%" not in path:
                 name, slash, action = path[len(_COUNTERS) :].partition(b"/")
                 if name and name.isascii():
@@ -640,40 +647,53 @@ class HotPaths(Resource):
 
     def _add(self, request: Any, name: str, head: bytes | None, sign: int) -> Any:
         """
-        Count on C{name}; answer once the write is durable: at once for a
-        store that is (in memory), else later, as Klein would.
+        Count on C{name}; answer once the write is durable.
         """
         by = wire.amount_body(_body(request))
         written = self.node.add(name, sign * by)
         prefix = b'{"count":' if head is None else head + b'"count":'
+
+        def body(value: int) -> bytes:
+            return self._ok(request, b"%s%d%s" % (prefix, value, self._node_id))
+
+        # A client that leaves cancels its answer; the write goes on (Node.add).
+        return self._when(request, written.addCallback(body), written.cancel)
+
+    def _when(self, request: Any, answer: Deferred[bytes], left: Callable[[], object] | None) -> Any:
+        """
+        Answer with what C{answer} gives (an error as Klein would): at once
+        if it has fired (a store in memory), else later.  C{left} is called
+        if the client goes away first.
+        """
         now: list[Any] = []
         gone = False
 
-        def answer(result: Any) -> bytes:
+        def body(result: Any) -> bytes:
             if isinstance(result, Failure):
                 return self.api.error_body(request, result)
-            return self._ok(request, b"%s%d%s" % (prefix, result, self._node_id))
+            return result  # type: ignore[no-any-return]
 
         def later(result: Any) -> None:
             if not waiting:
                 now.append(result)
             elif not gone:
-                body = answer(result)
-                request.setHeader(b"Content-Length", b"%d" % len(body))
-                request.write(body)
+                data = body(result)
+                request.setHeader(b"Content-Length", b"%d" % len(data))
+                request.write(data)
                 request.finish()
 
-        def left(_: object) -> None:
+        def lost(_: object) -> None:
             nonlocal gone
             gone = True
-            written.cancel()  # the write goes on: see Node.add
+            if left is not None:
+                left()
 
         waiting = False
-        written.addBoth(later)
+        answer.addBoth(later)
         if now:
-            return answer(now[0])
+            return body(now[0])
         waiting = True
-        request.notifyFinish().addErrback(left)
+        request.notifyFinish().addErrback(lost)
         return NOT_DONE_YET
 
 
