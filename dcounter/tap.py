@@ -17,6 +17,9 @@ import os
 import platform
 import signal
 import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from random import Random
 from typing import Any
 
 from treq.client import HTTPClient
@@ -40,7 +43,7 @@ from dcounter.membership import Membership
 from dcounter.metrics import Metrics
 from dcounter.node import KEY_WINDOW, MAX_KEYS, Node, NodeStateService
 from dcounter.replication import Replicator
-from dcounter.store import MemoryStore, SQLiteStore, StoreError, ThreadWorker
+from dcounter.store import MemoryStore, SQLiteStore, Store, StoreError, ThreadWorker
 from dcounter.swim import Swim
 
 DEFAULT_PORT = 8088
@@ -420,6 +423,119 @@ def _logged(f: Any, what: str) -> Any:
     return run
 
 
+@dataclass
+class Parts:
+    """
+    One node's parts, wired to each other: what L{makeService} runs as
+    services, and what unit tests (L{tests.support}) drive on a Clock.
+    """
+
+    store: Store
+    node: Node
+    membership: Membership
+    swim: Swim
+    keys: keyring.Keyring
+    guard: keyring.Guard
+    client: PeerClient
+    admission: Admission
+    health: HealthChecker
+    replicator: Replicator
+    discovery: Discovery | None
+    metrics: Metrics
+    api: CounterAPI
+
+
+#: Builds discovery for L{assemble}: (membership, consider, guard) -> Discovery.
+DiscoveryFactory = Callable[[Membership, Callable[..., None], keyring.Guard], Any]
+
+
+def assemble(
+    options: Mapping[str, Any],
+    store: Store,
+    clock: Any,
+    http: Any,
+    *,
+    metrics: Metrics | None = None,
+    membership: Membership | None = None,
+    discovery: DiscoveryFactory | None = None,
+    rng: Random | None = None,
+) -> Parts:
+    """
+    Wire one node's parts, with the settings of C{options} (L{Options}'
+    keys), its C{store}, a C{clock} (the reactor, or a Clock) and C{http},
+    what peer requests go through (treq's C{request}: an C{HTTPClient}, or
+    a C{StubTreq}).  Nothing is started.
+    """
+    node_id = store.identity.node_id
+    metrics = metrics if metrics is not None else Metrics()
+    node = Node(
+        store,
+        options["cluster"],
+        clock,
+        key_window=options["idempotency-window"],
+        max_keys=options["idempotency-max-keys"],
+        max_counters=options["max-counters"],
+    )
+    membership = membership if membership is not None else Membership(node_id)
+    interval, timeout = options["health-interval"], options["probe-timeout"]
+    swim = Swim(
+        membership,
+        node.identity.incarnation,
+        period=interval,
+        probe_timeout=timeout,
+        indirect=options["indirect-probes"],
+        suspicion_mult=options["suspicion-mult"],
+        rng=rng,
+    )
+    keys = keyring.Keyring(options["keys"])
+    guard = keyring.Guard(keys, node_id)
+    client = PeerClient(http, clock, timeout=timeout, metrics=metrics, guard=guard)
+    admission = Admission(membership, options["cluster"], keyring=keys, retry_after=3 * interval)
+    health = HealthChecker(
+        node,
+        membership,
+        client,
+        clock,
+        interval=interval,
+        seeds=options["peers"],
+        metrics=metrics,
+        admission=admission,
+        swim=swim,
+    )
+    replicator = Replicator(
+        node,
+        membership,
+        client,
+        clock,
+        health.consider,
+        interval=options["anti-entropy-interval"],
+        admission=admission,
+        swim=swim,
+        fold_after=options["fold-after"],
+        stop_timeout=options["stop-timeout"],
+    )
+    found = discovery(membership, health.consider, guard) if discovery is not None else None
+    metrics.watch(node, membership, health, found, guard)
+    api = CounterAPI(
+        node,
+        membership,
+        health,
+        replicator,
+        found,
+        metrics=metrics,
+        guard=guard,
+        admin_token=options["admin-token"],
+        client_token=options["client-token"],
+        wait_timeout=options["wait-timeout"],
+        # FAULT TESTING ONLY (tests/faults): SIGKILL this process right after a
+        # keyed write commits, before it is answered or replicated.
+        crash_after_keyed_commit=os.environ.get(FAULT_CRASH_ENV) == "1",
+    )
+    return Parts(
+        store, node, membership, swim, keys, guard, client, admission, health, replicator, found, metrics, api
+    )
+
+
 def makeService(options: Options, reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor
@@ -443,97 +559,42 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     top = logs.NodeService(
         None if output is None else logs.observer(output, options["log-format"], options["log-level"])
     )
-    node = Node(
-        store,
-        options["cluster"],
-        reactor,
-        key_window=options["idempotency-window"],
-        max_keys=options["idempotency-max-keys"],
-        max_counters=options["max-counters"],
-    )
-    NodeStateService(node).setServiceParent(top)
-    membership = Membership(node_id)
-    interval, timeout = options["health-interval"], options["probe-timeout"]
-    swim = Swim(
-        membership,
-        node.identity.incarnation,
-        period=interval,
-        probe_timeout=timeout,
-        indirect=options["indirect-probes"],
-        suspicion_mult=options["suspicion-mult"],
-    )
-    keys = keyring.Keyring(options["keys"])
-    guard = keyring.Guard(keys, node_id)
-    if options["secret-file"] is not None:
-        KeyReloader(options, keys, reactor).setServiceParent(top)
-    client = PeerClient(
-        _http_client(reactor, timeout=timeout),
-        reactor,
-        timeout=timeout,
-        metrics=metrics,
-        guard=guard,
-    )
-    admission = Admission(membership, options["cluster"], keyring=keys, retry_after=3 * interval)
-    health = HealthChecker(
-        node,
-        membership,
-        client,
-        reactor,
-        interval=interval,
-        seeds=options["peers"],
-        metrics=metrics,
-        admission=admission,
-        swim=swim,
-    )
-    replicator = Replicator(
-        node,
-        membership,
-        client,
-        reactor,
-        health.consider,
-        interval=options["anti-entropy-interval"],
-        admission=admission,
-        swim=swim,
-        fold_after=options["fold-after"],
-        stop_timeout=options["stop-timeout"],
-    )
-    discovery = None
-    if not options["no-discovery"]:
+
+    def discovery(membership: Membership, consider: Callable[..., None], guard: keyring.Guard) -> Discovery:
         host = wire.split_address(node_id)[0]
-        discovery = Discovery(
-            wire.Announcement(options["cluster"], node_id, node_id, node.identity.incarnation),
+        return Discovery(
+            wire.Announcement(options["cluster"], node_id, node_id, store.identity.incarnation),
             membership,
-            health.consider,
+            consider,
             reactor,
             port=options["discovery-port"],
             broadcasts=options["broadcast"] or default_broadcasts(host),
             interval=options["announce-interval"],
             guard=guard,
         )
-    metrics.watch(node, membership, health, discovery, guard)
-    api = CounterAPI(
-        node,
-        membership,
-        health,
-        replicator,
-        discovery,
+
+    parts = assemble(
+        options,
+        store,
+        reactor,
+        _http_client(reactor, timeout=options["probe-timeout"]),
         metrics=metrics,
-        guard=guard,
-        admin_token=options["admin-token"],
-        client_token=options["client-token"],
-        wait_timeout=options["wait-timeout"],
-        # FAULT TESTING ONLY (tests/faults): SIGKILL this process right after a
-        # keyed write commits, before it is answered or replicated.
-        crash_after_keyed_commit=os.environ.get(FAULT_CRASH_ENV) == "1",
+        discovery=None if options["no-discovery"] else discovery,
     )
+    node, health, replicator, api, keys = parts.node, parts.health, parts.replicator, parts.api, parts.keys
+    discovery_service = parts.discovery
+    NodeStateService(node).setServiceParent(top)
+    if options["secret-file"] is not None:
+        KeyReloader(options, keys, reactor).setServiceParent(top)
+    interval = options["health-interval"]
     site = CounterSite(api, options["access-log"], reactor)
     replicator.setServiceParent(top)
     strports.service(options["listen"], site, reactor=reactor).setServiceParent(top)
     for service in health_timers(health, reactor):
         service.setServiceParent(top)
     every(interval / 4, replicator.gossip, reactor).setServiceParent(top)
-    if discovery is not None:
-        discovery.setServiceParent(top)
+    if discovery_service is not None:
+        discovery_service.setServiceParent(top)
     if options["join-dns"] is not None:
         name, port = options["join-dns"]
         DNSJoin(name, port, reactor.nameResolver, health.consider, reactor).setServiceParent(top)
@@ -550,8 +611,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         data="in memory" if options["in-memory"] else f"data in {options['data-dir']}",
         discovery=(
             "off"
-            if discovery is None
-            else f"on UDP {discovery.port}, broadcast to {', '.join(discovery.broadcasts)}"
+            if discovery_service is None
+            else f"on UDP {discovery_service.port}, broadcast to {', '.join(discovery_service.broadcasts)}"
         ),
         seeds=", ".join(options["peers"]) or "none",
     )

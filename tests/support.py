@@ -26,17 +26,14 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from dcounter.admission import Admission
 from dcounter.api import CounterAPI
 from dcounter.client import PeerClient
 from dcounter.health import HealthChecker
-from dcounter.keyring import Guard, Keyring
 from dcounter.membership import Membership
-from dcounter.metrics import Metrics
 from dcounter.node import Node
 from dcounter.replication import Replicator
 from dcounter.store import MemoryStore
-from dcounter.swim import Swim
+from dcounter.tap import Options, assemble
 
 CLUSTER = "dcounter"
 #: The peer client's request timeout, in (Clock) seconds.
@@ -117,58 +114,41 @@ def make_node(
     CounterAPI on C{clock}, speaking to peers through C{http} (anything with
     treq's C{request}).  Its loops are not started.
     """
+    options = dict(Options().defaults)
+    options.update(
+        {
+            "cluster": cluster,
+            "peers": list(seeds),
+            "health-interval": health_interval,
+            "probe-timeout": timeout,
+            "indirect-probes": indirect,
+            "anti-entropy-interval": anti_entropy_interval,
+            "fold-after": fold_after,
+            "keys": list(keys),
+            "admin-token": admin_token,
+            "client-token": client_token,
+        }
+    )
     store = MemoryStore(node_id)
-    node = Node(store, cluster, clock)
-    node.load()
-    membership = Membership(node_id, **membership_options)
-    metrics = Metrics()
-    ring = Keyring(keys)
-    guard = Guard(ring, node_id)
-    client = PeerClient(http, clock, timeout=timeout, metrics=metrics, guard=guard)
-    admission = Admission(membership, cluster, keyring=ring, retry_after=3 * health_interval)
-    # Seeded by the node's id: the order of probes is the same at each run.
-    swim = Swim(
-        membership,
-        node.identity.incarnation,
-        period=health_interval,
-        probe_timeout=timeout,
-        indirect=indirect,
+    parts = assemble(
+        options,
+        store,
+        clock,
+        http,
+        membership=Membership(node_id, **membership_options),
+        discovery=None if discovery is None else lambda *_: discovery,
+        # Seeded by the node's id: the order of probes is the same at each run.
         rng=Random(node_id),
     )
-    health = HealthChecker(
-        node,
-        membership,
-        client,
-        clock,
-        interval=health_interval,
-        seeds=seeds,
-        metrics=metrics,
-        admission=admission,
-        swim=swim,
+    node, membership, client, health, replicator, api = (
+        parts.node,
+        parts.membership,
+        parts.client,
+        parts.health,
+        parts.replicator,
+        parts.api,
     )
-    replicator = Replicator(
-        node,
-        membership,
-        client,
-        clock,
-        health.consider,
-        interval=anti_entropy_interval,
-        admission=health.admission,
-        swim=swim,
-        fold_after=fold_after,
-    )
-    metrics.watch(node, membership, health, discovery, guard)
-    api = CounterAPI(
-        node,
-        membership,
-        health,
-        replicator,
-        discovery,
-        metrics=metrics,
-        guard=guard,
-        admin_token=admin_token,
-        client_token=client_token,
-    )
+    node.load()
     return TestNode(clock, store, node, membership, client, health, replicator, api, api.resource())
 
 
