@@ -415,5 +415,7 @@ class Counters:
             return {name: dict(replicas) for name, replicas in self._slots.items()}
         out: dict[str, dict[str, Slot]] = {}
         for name, replica in keys:
-            out.setdefault(name, {})[replica] = self.slot(name, replica)
+            slot = self._slots.get(name, {}).get(replica)
+            if slot is not None:  # not one a fold has superseded since it was named
+                out.setdefault(name, {})[replica] = slot
         return out
