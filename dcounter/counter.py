@@ -75,6 +75,16 @@ def is_fold(replica: str) -> bool:
     return replica.rpartition("/")[2].startswith(FOLDED)
 
 
+def _sort_key(incarnation: str) -> tuple[str, str]:
+    """
+    Incarnations in start order; those of an older release (all of order
+    "") among themselves by id, as L{Counters.fold} picks the latest.
+    """
+    if incarnation.startswith(FOLDED):
+        incarnation = incarnation[len(FOLDED) :]
+    return order(incarnation), incarnation
+
+
 def absorbs(fold: str, replica: str) -> bool:
     """
     Whether fold slot C{fold} supersedes C{replica}'s slot: one of the same
@@ -84,10 +94,10 @@ def absorbs(fold: str, replica: str) -> bool:
     fnode, _, finc = fold.rpartition("/")
     if node != fnode or replica == fold:
         return False
-    latest = order(finc)
+    latest = _sort_key(finc)
     if inc.startswith(FOLDED):
-        return order(inc) < latest
-    return order(inc) <= latest
+        return _sort_key(inc) < latest
+    return _sort_key(inc) <= latest
 
 
 class CounterOverflow(ValueError):
@@ -122,6 +132,10 @@ class Counters:
         self._values: dict[str, int] = {}
         #: counter -> node -> its fold slot there: the counters with one.
         self._folded: dict[str, dict[str, str]] = {}
+        #: This node's live replica, which no fold slot may supersede (set by
+        #: the node), and the fold slots refused for superseding it.
+        self.live: str | None = None
+        self.refused_folds = 0
         self.max_counters: int | None = None
         #: counters in merged state left out for want of room, since start.
         self.refused = 0
@@ -282,8 +296,22 @@ class Counters:
         for fold in folds:
             node = node_of(fold)
             current = known.get(node)
-            if current is not None and (current == fold or absorbs(current, fold)):
-                continue  # ours, or one ours supersedes: a fold slot never changes
+            if current == fold:
+                # Two copies of one fold (its owner folded again after a crash
+                # lost the first): each is a lower bound of the same sum.
+                old_p, old_n = mine[fold]
+                p, n = replicas[fold]
+                new_p, new_n = max(old_p, p), max(old_n, n)
+                if (new_p, new_n) != (old_p, old_n):
+                    mine[fold] = (new_p, new_n)
+                    delta += (new_p - old_p) - (new_n - old_n)
+                    grown.append((name, fold))
+                continue
+            if current is not None and absorbs(current, fold):
+                continue  # one ours supersedes
+            if self.live is not None and absorbs(fold, self.live):
+                self.refused_folds += 1  # it would swallow the live slot: a clock gone back
+                continue
             for replica in [r for r in mine if absorbs(fold, r)]:
                 p, n = mine.pop(replica)
                 delta -= p - n
@@ -335,7 +363,7 @@ class Counters:
         for name in self.foldable(replica):
             slots = self._slots[name]
             retired = self._retired(slots, replica)
-            latest = max(retired, key=lambda r: (order(r.rpartition("/")[2]), r))
+            latest = max(retired, key=lambda r: _sort_key(r.rpartition("/")[2]))
             p = sum(slots[r][0] for r in retired)
             n = sum(slots[r][1] for r in retired)
             if p > MAX_SLOT or n > MAX_SLOT:

@@ -78,11 +78,15 @@ class Node:
         self.clock = clock
         self.started = clock.seconds()
         self.counters = Counters(max_counters=max_counters)
+        self.counters.live = self.replica
         self._durable: dict[str, Slot] = {}
         self._listeners: list[WriteListener] = []
         #: Whether the state holds slots of this node's earlier incarnations
         #: that L{fold} would fold.
         self.fold_pending = False
+        #: The members this node has had (kept in the store): one that is
+        #: down when this node starts may hold more of its slots than it does.
+        self.remembered: set[str] = set()
         #: Grows whenever what L{outgoing} or L{outgoing_keys} returns may
         #: have changed.
         self.version = 0
@@ -94,14 +98,18 @@ class Node:
         node's own slot; if some is, it is durable.
         """
         state = self.store.load()
-        # Kept whole, whatever its size: the bound is for what arrives.
-        self.counters = Counters(state, max_counters=self.counters.max_counters)
+        counters = Counters()
+        counters.live = self.replica
+        counters.merge(state)  # kept whole, whatever its size: the bound is for what arrives
+        counters.max_counters = self.counters.max_counters
+        self.counters = counters
         for name, slots in state.items():
             if self.replica in slots:
                 self._mark_durable(name, slots[self.replica])
         self.counters.merge_keys(self.store.load_keys(), self.clock.seconds(), self.key_window)
         self.version += 1
         self.fold_pending = bool(self.counters.foldable(self.replica))
+        self.remembered = set(self.store.load_members())
         self._settle()
 
     @property
@@ -290,7 +298,15 @@ class Node:
         @return: the slots that grew.
         """
         dropped: list[SlotKey] = []
+        refused = self.counters.refused_folds
         grown = self.counters.merge(state, dropped)
+        if self.counters.refused_folds != refused:
+            self.log.error(
+                "refused a fold of this node's incarnations that would take in its live one "
+                "({replica}): this host's clock is behind the one that started an earlier "
+                "incarnation; restart this node once the clock is right",
+                replica=self.replica,
+            )
         new_keys = self.counters.merge_keys(keys, self.clock.seconds(), self.key_window) if keys else []
         if new_keys:
             self.version += 1
@@ -314,6 +330,15 @@ class Node:
                 lambda f: self.log.failure("could not store merged state", f)
             )
         return grown
+
+    def remember(self, member: str, known: bool = True) -> None:
+        """Remember C{member} as a member (or, with C{known=False}, forget it), durably."""
+        if (member in self.remembered) == known:
+            return
+        self.remembered.symmetric_difference_update({member})
+        self.store.save({}, members=sorted(self.remembered)).addErrback(
+            lambda f: self.log.failure("could not store the members", f)
+        )
 
     def has_others(self) -> bool:
         """Whether the state holds slots of other nodes: this node has had peers."""

@@ -30,9 +30,11 @@ Folding: a node's state holds the frozen slots of its earlier incarnations
 (one each start).  Once C{fold_after} seconds have passed since start, and
 every member this node knows has answered an anti-entropy round begun since
 then (so this node holds at least what any member holds of those slots), the
-node folds them (L{Node.fold}); a node that knows no member folds only if its
-state holds no other node's slots (it never had peers).  While a fold waits, rounds go to members not
-caught up with yet.
+node folds them (L{Node.fold}).  The members it waits for include those it
+had before this start (the node remembers them in its store) until they have
+been silent since for as long as a dead member is remembered; a node that
+knows no member folds only if its state holds no other node's slots.  While
+a fold waits, rounds go to members not caught up with yet.
 
 Graceful stop: on stop, every live peer that does not hold all of this
 node's own slots yet gets one last push, for a bounded time; whatever could
@@ -327,6 +329,8 @@ class Replicator(TimerService):
                 # travel whole, with the state, this round.
                 return self.exchange_whole(peer)
             self._caught_up[peer] = began
+            if self.node.fold_pending:
+                self._fold_if_caught_up()
             return None
 
         def failed(reason: Any) -> Deferred[None] | None:
@@ -429,12 +433,19 @@ class Replicator(TimerService):
         Fold this node's earlier incarnations if every member it knows (dead
         ones too, until they are forgotten) has shown it what it holds.
         """
-        if self.clock.seconds() < self.node.started + self.fold_after:
+        now = self.clock.seconds()
+        if now < self.node.started + self.fold_after:
             return
-        known = self.membership.known()
-        if not known and self.node.has_others():
+        known = set(self.membership.known())
+        if now >= self.node.started + self.membership.forget_after:
+            # Members remembered from before this start that have not been
+            # heard from since, for as long as a dead one is remembered: gone.
+            for member in self.node.remembered - known:
+                self.node.remember(member, known=False)
+        members = known | self.node.remembered
+        if not members and self.node.has_others():
             return  # peers it has had are not found yet: one may hold more
-        if all(self._is_caught_up(peer) for peer in known):
+        if all(self._is_caught_up(peer) for peer in members):
             self.node.fold()
 
     #: Peers a membership rumor is gossiped to at once (memberlist's
@@ -460,6 +471,10 @@ class Replicator(TimerService):
         self.log.debug("gossip to {peer} failed: {reason}", peer=peer, reason=reason.value)
 
     def _peer_changed(self, peer: str, old: PeerState | None, new: PeerState | None) -> None:
+        if new is PeerState.ALIVE:
+            self.node.remember(peer)
+        elif new is None:
+            self.node.remember(peer, known=False)
         if new is PeerState.ALIVE and old in (None, PeerState.DEAD):
             self._outbox.setdefault(peer, set())
             self.exchange(peer)

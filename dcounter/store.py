@@ -69,17 +69,22 @@ class Store(Protocol):
     def load_keys(self) -> dict[str, Record]:
         """The idempotency keys stored so far."""
 
+    def load_members(self) -> list[str]:
+        """The members the node last remembered (see L{save})."""
+
     def save(
         self,
         state: State,
         keys: KeyState | None = None,
         forget: list[str] | None = None,
         drop: list[SlotKey] | None = None,
+        members: list[str] | None = None,
     ) -> Deferred[None]:
         """
         Make these slots and idempotency keys durable, forget the keys of
-        C{forget} and the slots of C{drop} (folded), in one commit; fires
-        once they are.
+        C{forget} and the slots of C{drop} (folded), and remember
+        C{members} (if given: the whole list), in one commit; fires once
+        they are.
         """
 
     def start(self) -> None: ...
@@ -121,12 +126,16 @@ class MemoryStore:
     def load_keys(self) -> dict[str, Record]:
         return {}
 
+    def load_members(self) -> list[str]:
+        return []
+
     def save(
         self,
         state: State,
         keys: KeyState | None = None,
         forget: list[str] | None = None,
         drop: list[SlotKey] | None = None,
+        members: list[str] | None = None,
     ) -> Deferred[None]:
         return succeed(None)
 
@@ -239,6 +248,7 @@ class SQLiteStore:
         self._pending_keys: dict[str, Record] = {}
         self._pending_forget: set[str] = set()
         self._pending_drop: set[SlotKey] = set()
+        self._pending_members: list[str] | None = None
         self._waiting: list[Deferred[None]] = []
         self._committing: Deferred[None] | None = None
         self._idle: list[Deferred[None]] = []
@@ -317,6 +327,11 @@ class SQLiteStore:
                 keys[key].settled.setdefault(loser, set()).add(settler)
         return keys
 
+    def load_members(self) -> list[str]:
+        assert self._db is not None, "load_members() before start()"
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'members'").fetchone()
+        return [str(m) for m in json.loads(row[0])] if row else []
+
     def stop(self) -> Deferred[None]:
         """
         Commit what is pending (saves made meanwhile included), then release
@@ -349,10 +364,11 @@ class SQLiteStore:
         keys: KeyState | None = None,
         forget: list[str] | None = None,
         drop: list[SlotKey] | None = None,
+        members: list[str] | None = None,
     ) -> Deferred[None]:
         """
-        Make these slots and keys durable, and forget C{forget} and the
-        slots of C{drop}, in one transaction.  The result fires once they are committed,
+        Make these slots and keys durable, forget C{forget} and the slots
+        of C{drop}, and remember C{members}, in one transaction.  The result fires once they are committed,
         or fails with L{StoreError}: the database's error, or the store is
         not running.
         """
@@ -382,6 +398,8 @@ class SQLiteStore:
         for slot in drop or ():
             pending.pop(slot, None)
             self._pending_drop.add(slot)
+        if members is not None:
+            self._pending_members = list(members)
         waiter: Deferred[None] = Deferred()
         self._waiting.append(waiter)
         if self._committing is None:
@@ -391,6 +409,7 @@ class SQLiteStore:
     def _commit_next(self) -> None:
         batch, waiting = self._pending, self._waiting
         keys, forget, drop = self._pending_keys, self._pending_forget, self._pending_drop
+        members, self._pending_members = self._pending_members, None
         self._pending, self._waiting = {}, []
         self._pending_keys, self._pending_forget, self._pending_drop = {}, set(), set()
         rows = [(c, r, p, n) for (c, r), (p, n) in batch.items()]
@@ -406,7 +425,9 @@ class SQLiteStore:
             for s in ss
         ]
         started = self._clock.seconds()
-        self._committing = self._worker.run(self._write, rows, entries, settled, sorted(forget), sorted(drop))
+        self._committing = self._worker.run(
+            self._write, rows, entries, settled, sorted(forget), sorted(drop), members
+        )
 
         def done(result: object) -> None:
             if not isinstance(result, Failure):
@@ -432,6 +453,7 @@ class SQLiteStore:
         settled: Sequence[tuple[str, str, str]] = (),
         forget: Sequence[str] = (),
         drop: Sequence[SlotKey] = (),
+        members: list[str] | None = None,
     ) -> None:
         db = self._db
         assert db is not None
@@ -444,5 +466,7 @@ class SQLiteStore:
                 db.executemany("DELETE FROM idem_entries WHERE key = ?", [(k,) for k in forget])
                 db.executemany("DELETE FROM idem_settled WHERE key = ?", [(k,) for k in forget])
                 db.executemany("DELETE FROM slots WHERE counter = ? AND replica = ?", drop)
+                if members is not None:
+                    db.execute("INSERT OR REPLACE INTO meta VALUES ('members', ?)", (json.dumps(members),))
         except sqlite3.Error as e:
             raise StoreError(f"could not commit to the data directory: {e}") from e

@@ -548,3 +548,30 @@ def test_state_of_named_slots_leaves_out_those_a_fold_superseded():
     counters = Counters({"a": {f"x/folded-{inc(1)}": (4, 0), "y/1": (1, 0)}})
     counters.merge({"a": {f"x/folded-{inc(2)}": (6, 0)}})
     assert counters.state([("a", f"x/folded-{inc(1)}"), ("a", "y/1")]) == {"a": {"y/1": (1, 0)}}
+
+
+def test_two_copies_of_one_fold_converge_on_the_larger():
+    """An owner that crashed before its fold was durable may fold again, counting more: take the max."""
+    peer = Counters({"a": {f"x/folded-{inc(1)}": (5, 1)}})
+    assert peer.merge({"a": {f"x/folded-{inc(1)}": (7, 0)}}) == [("a", f"x/folded-{inc(1)}")]
+    assert peer.state() == {"a": {f"x/folded-{inc(1)}": (7, 1)}}
+    assert_values_consistent(peer)
+
+
+def test_folds_of_older_release_incarnations_supersede_in_id_order():
+    """Incarnations of an older release have no time order: folds of them still form a chain."""
+    peer = Counters({"a": {"x/folded-aaaaaaaaaaaa": (3, 0)}})
+    peer.merge({"a": {"x/folded-bbbbbbbbbbbb": (5, 0)}})  # a fold of both
+    assert peer.state() == {"a": {"x/folded-bbbbbbbbbbbb": (5, 0)}}
+    peer.merge({"a": {"x/folded-aaaaaaaaaaaa": (3, 0)}})
+    assert peer.value("a") == 5
+
+
+def test_a_fold_that_would_supersede_the_live_slot_is_refused():
+    """A fold of incarnations up to one later than the live one (a clock gone back) takes nothing away."""
+    counters = Counters()
+    counters.live = replica("x", 5)
+    counters.add("a", replica("x", 5), 4)
+    assert counters.merge({"a": {f"x/folded-{inc(9)}": (1, 0)}}) == []
+    assert counters.state() == {"a": {replica("x", 5): (4, 0)}}
+    assert counters.refused_folds == 1

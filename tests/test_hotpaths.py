@@ -109,7 +109,7 @@ class SlowStore:
         self.identity = store.identity
         self.pending: list[Deferred[None]] = []
 
-    def save(self, state: Any) -> Deferred[None]:
+    def save(self, state: Any, **_: Any) -> Deferred[None]:
         d: Deferred[None] = Deferred()
         self.pending.append(d)
         return d

@@ -38,7 +38,10 @@ class ManualStore:
     def load_keys(self) -> dict:
         return {}
 
-    def save(self, state, keys=None, forget=None, drop=None) -> Deferred[None]:
+    def load_members(self) -> list[str]:
+        return []
+
+    def save(self, state, keys=None, forget=None, drop=None, members=None) -> Deferred[None]:
         d: Deferred[None] = Deferred()
         self.saves.append((state, d))
         self.dropped.extend(drop or ())

@@ -488,3 +488,33 @@ def test_a_dead_member_holds_a_fold_back_until_it_is_forgotten() -> None:
     assert not a.node.fold_pending
     assert a.node.counters.state() == {"default": {f"{a.id}/folded-{0:011x}aaaaaa": (3, 0)}}
     a.replicator.stopService()
+
+
+def test_a_member_from_before_the_start_holds_a_fold_back() -> None:
+    """
+    A member this node had before it restarted, down now, may hold more of
+    its earlier slots: no fold until it is caught up with, or has been
+    silent since the start for as long as a dead member is remembered.
+    """
+    net = Network()
+    nodes = net.add_many(3, fold_after=1.0)
+    a, b, c = nodes
+    net.mesh([a, b])
+    a.replicator.startService()
+    a.node.remembered = {b.id, c.id}  # as loaded from its store: c is down
+    a.node.merge({"default": {_earlier(a): (3, 0)}})
+    net.advance(60.0)
+    assert a.node.fold_pending
+    net.advance(a.membership.forget_after)
+    assert not a.node.fold_pending
+    assert a.node.remembered == {b.id}
+    a.replicator.stopService()
+
+
+def test_members_are_remembered_as_they_come_and_go() -> None:
+    net = Network()
+    a, b = net.add_many(2)
+    net.mesh()
+    assert a.node.remembered == {b.id}
+    a.membership.remove(b.id, net.clock.seconds())
+    assert a.node.remembered == set()

@@ -12,9 +12,9 @@ import sqlite3
 
 import pytest
 
-from dcounter.counter import MAX_SLOT
+from dcounter.counter import MAX_SLOT, order
 from dcounter.idempotency import Entry, Record
-from dcounter.store import Identity, MemoryStore, SQLiteStore, StoreError
+from dcounter.store import Identity, MemoryStore, SQLiteStore, StoreError, new_incarnation
 from tests.support import ManualWorker, failure_of, result_of
 
 NODE = "10.0.0.1:8080"
@@ -355,3 +355,31 @@ def test_a_failed_commit_keeps_neither_key_nor_slot(tmp_path):
     assert store.load_keys() == {}
     assert store.load() == {}
     close(store)
+
+
+# Folds: incarnations in start order, dropped slots, remembered members.
+
+
+def test_incarnations_sort_after_the_last_one_even_if_the_clock_went_back(tmp_path):
+    store, _ = opened(tmp_path)
+    first = store.identity.incarnation
+    close(store)
+    assert order(first) != ""
+    assert order(new_incarnation(first, now=0.0)) > order(first)  # a clock at 1970
+    identity, _ = reopen_and_load(tmp_path)
+    assert order(identity.incarnation) > order(first)
+
+
+def test_dropped_slots_and_members_are_stored_with_the_fold(tmp_path):
+    store, worker = opened(tmp_path)
+    saved(store, worker, {"a": {"x/1": (1, 0), "x/2": (2, 0), "y/1": (5, 0)}})
+    d = store.save({"a": {"x/folded-2": (3, 0)}}, drop=[("a", "x/1"), ("a", "x/2")], members=["y:1", "z:1"])
+    worker.run_all()
+    assert result_of(d) is None
+    close(store)
+    store, _ = opened(tmp_path)
+    try:
+        assert store.load() == {"a": {"x/folded-2": (3, 0), "y/1": (5, 0)}}
+        assert store.load_members() == ["y:1", "z:1"]
+    finally:
+        close(store)

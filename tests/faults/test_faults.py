@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sqlite3
 import subprocess
 import threading
 import time
@@ -22,7 +21,7 @@ import pytest
 
 from tests.faults.history import OK, History, Op, increment
 from tests.faults.workload import Load, converge, finish
-from tests.integration.harness import Cluster, Node, start_all, time_to_mesh, wait_for
+from tests.integration.harness import Cluster, Node, slot_kinds, start_all, time_to_mesh, wait_for
 from tests.integration.netns import Network
 
 #: How long load runs before and after each fault, in seconds: a duration of
@@ -162,25 +161,12 @@ def test_3_restart_from_an_old_copy_of_the_data(cluster: Cluster, tmp_path: Path
     # c's two earlier incarnations are one fold slot, on every node's disk.
     for node in (a, b, c):
         wait_for(
-            lambda node=node: _slots_of(node, c) == ["folded", "live"],
+            lambda node=node: slot_kinds(node, c) == ["folded", "live"],
             MESH,
             what=f"{node.id} to hold c's fold",
         )
     counts, _ = converge([a, b, c])
     assert set(counts.values()) == set(result.finals.values()), f"after c folded: {counts}"
-
-
-def _slots_of(node: Node, owner: Node) -> list[str]:
-    """The kinds of C{owner}'s slots of the default counter in C{node}'s database."""
-    assert node.data_dir is not None
-    db = sqlite3.connect(f"file:{node.data_dir / 'dcounter.sqlite3'}?mode=ro", uri=True, timeout=5)
-    try:
-        rows = db.execute(
-            "SELECT replica FROM slots WHERE counter = 'default' AND replica LIKE ?", (owner.id + "/%",)
-        ).fetchall()
-    finally:
-        db.close()
-    return sorted("folded" if r.rpartition("/")[2].startswith("folded-") else "live" for (r,) in rows)
 
 
 def _hosts(cluster: Cluster, net: Network) -> list[Node]:

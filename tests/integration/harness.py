@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -247,6 +248,26 @@ class Cluster:
     def stop(self) -> None:
         for node in self.nodes:
             node.kill(signal.SIGTERM)
+
+
+def stored_slots(node: Node, counter: str = "default") -> dict[str, tuple[int, int]]:
+    """The slots of C{counter} in C{node}'s database (running or not), by replica."""
+    assert node.data_dir is not None
+    db = sqlite3.connect(f"file:{node.data_dir / 'dcounter.sqlite3'}?mode=ro", uri=True, timeout=5)
+    try:
+        rows = db.execute("SELECT replica, p, n FROM slots WHERE counter = ?", (counter,)).fetchall()
+    finally:
+        db.close()
+    return {replica: (p, n) for replica, p, n in rows}
+
+
+def slot_kinds(node: Node, owner: Node) -> list[str]:
+    """The kinds ("folded", "live") of C{owner}'s slots of the default counter in C{node}'s database."""
+    return sorted(
+        "folded" if r.rpartition("/")[2].startswith("folded-") else "live"
+        for r in stored_slots(node)
+        if r.startswith(owner.id + "/")
+    )
 
 
 def all_listed(nodes: Sequence[Node]) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import signal
 import time
 
-from tests.integration.harness import Cluster, start_all, time_to_mesh, wait_for
+from tests.integration.harness import Cluster, slot_kinds, start_all, time_to_mesh, wait_for
 
 
 def test_sigterm_pushes_last_writes_and_says_what_it_could_not_deliver(cluster: Cluster) -> None:
@@ -43,8 +43,10 @@ def test_sigterm_pushes_last_writes_and_says_what_it_could_not_deliver(cluster: 
 def test_whole_cluster_restarts_at_once(cluster: Cluster) -> None:
     """
     Every node stopped together and started together (each a new
-    incarnation): every count is back, and writes go on from there.
+    incarnation): every count is back, and writes go on from there; then
+    each node folds its earlier incarnation, and no count changes.
     """
+    cluster.extra += ["--fold-after", "0.5"]
     nodes = cluster.mesh(3)
     start_all(nodes)
     time_to_mesh(nodes, 10)
@@ -68,3 +70,14 @@ def test_whole_cluster_restarts_at_once(cluster: Cluster) -> None:
     assert nodes[0].post("/increment")[0] == 200
     for node in nodes:
         wait_for(lambda: node.count() == 7, 5, what=f"{node.id} to read 7")
+    # Each node's first incarnation is a fold slot, on every node's disk;
+    # the first node's second one took the last write.
+    expected = [["folded", "live"], ["folded"], ["folded"]]
+    for node in nodes:
+        wait_for(
+            lambda: [slot_kinds(node, owner) for owner in nodes] == expected,
+            20,
+            what=f"{node.id} to hold the folds",
+        )
+    assert [node.count() for node in nodes] == [7, 7, 7]
+    assert not any(node.get("/members")[1]["fold_pending"] for node in nodes)
