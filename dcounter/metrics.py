@@ -94,6 +94,14 @@ class Metrics:
             buckets=_BATCH,
             registry=r,
         )
+        self.peer_changes = Counter(
+            "dcounter_peer_state_changes",
+            "Peers that entered a state in this node's table (alive, suspect, dead).",
+            ["state"],
+            registry=r,
+        )
+        for state in ("alive", "suspect", "dead"):
+            self.peer_changes.labels(state)
         for outcome in ("ok", "failed", "timeout", "wrong_node", "indirect_ok", "indirect_failed"):
             self.probes.labels(outcome)
         for outcome in ("ok", "failed"):
@@ -132,9 +140,19 @@ class Metrics:
         self, node: Any, membership: Any, health: Any, discovery: Any = None, guard: Any = None
     ) -> None:
         """
-        Expose the state these parts keep, read at each scrape.
+        Expose the state these parts keep, read at each scrape; count the
+        peers' changes of state as they happen.
         """
         self.registry.register(StateCollector(node, membership, health, discovery, guard))
+        membership.subscribe(self.peer_changed)
+
+    def peer_changed(self, peer: str, old: Any, new: Any) -> None:
+        """
+        A peer entered state C{new} (a L{dcounter.membership.PeerState}, or
+        None when forgotten or removed: not counted).
+        """
+        if new is not None:
+            self.peer_changes.labels(new.value).inc()
 
     def exposition(self) -> bytes:
         """

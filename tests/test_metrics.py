@@ -128,6 +128,24 @@ def test_probes_by_outcome_and_latency(net: Network, a: TestNode, b: TestNode) -
     net.release(B)
 
 
+def test_peer_state_changes_are_counted(net: Network, a: TestNode, b: TestNode) -> None:
+    """Every suspicion is counted, even one refuted before the next scrape."""
+    net.mesh()
+    assert value(scrape(net), "dcounter_peer_state_changes_total", state="alive") == 1
+    assert value(scrape(net), "dcounter_peer_state_changes_total", state="suspect") == 0
+    net.cut(B)
+    a.health.check_once()
+    net.settle()
+    net.heal(B)
+    a.health.check_once()  # answered: alive again
+    net.settle()
+    samples = scrape(net)
+    assert value(samples, "dcounter_peers", state="alive") == 1
+    assert value(samples, "dcounter_peer_state_changes_total", state="suspect") == 1
+    assert value(samples, "dcounter_peer_state_changes_total", state="alive") == 2
+    assert value(samples, "dcounter_peer_state_changes_total", state="dead") == 0
+
+
 def test_pushes_and_anti_entropy(net: Network, a: TestNode, b: TestNode) -> None:
     net.mesh()
     net.cut(B)
