@@ -176,8 +176,25 @@ class Discovery(Service):
             self.last_sent = self.reactor.seconds()
         except Exception:
             self.log.failure("announcement failed")
-        spread = self.interval * self.jitter
-        self._next = self.reactor.callLater(self.interval + self._rng.uniform(-spread, spread), self.announce)
+        period = self.period()
+        spread = period * self.jitter
+        self._next = self.reactor.callLater(period + self._rng.uniform(-spread, spread), self.announce)
+
+    #: Past this many live peers, announcements slow down in proportion.
+    ANNOUNCERS = 10
+
+    def period(self) -> float:
+        """
+        Seconds until the next announcement (before jitter): C{interval},
+        times N / C{ANNOUNCERS} in a cluster of N > C{ANNOUNCERS} live
+        peers.  Every socket on the discovery port hears every announcement,
+        so at a fixed interval each node would hear N / interval a second
+        and the cluster N^2 / interval (5,000 datagrams a second at 100
+        nodes); this way each hears about C{ANNOUNCERS} / interval, whatever
+        N.  A node that starts still announces at once, and every node that
+        does not know it answers by unicast: joining takes one round trip.
+        """
+        return self.interval * max(1.0, len(self.membership.live()) / self.ANNOUNCERS)
 
     def _encode(self, announcement: wire.Announcement) -> bytes:
         data = wire.encode_announcement(announcement)

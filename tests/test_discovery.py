@@ -186,6 +186,32 @@ def test_jitter_spreads_announcements() -> None:
     assert max(gaps) - min(gaps) > 0.5
 
 
+def test_announcements_slow_down_in_proportion_past_ten_peers() -> None:
+    """
+    Each socket hears every announcement: past ten live peers the interval
+    grows with their number, so each node hears as many a second at 100 as
+    at 10.
+    """
+    h = Harness(interval=2.0, jitter=0.0)
+    h.start()
+    for i in range(10):
+        h.membership.heard_from(f"10.0.0.{i + 2}:8088", 0.0)
+    assert h.discovery.period() == 2.0
+    h.clock.advance(2.0)
+    assert len(h.sent) == 2
+    for i in range(10, 40):
+        h.membership.heard_from(f"10.0.0.{i + 2}:8088", 0.0)
+    assert h.discovery.period() == 8.0  # 40 peers: 4 x 2 s
+    h.clock.advance(2.0)
+    assert len(h.sent) == 3  # the announcement scheduled with 10 peers
+    h.clock.advance(7.99)
+    assert len(h.sent) == 3
+    h.clock.advance(0.01)
+    assert len(h.sent) == 4
+    h.membership.mark("10.0.0.2:8088", PeerState.DEAD, 12.0)  # dead peers do not count
+    assert h.discovery.period() == 7.8
+
+
 def test_send_failure_does_not_stop_announcing(h: Harness) -> None:
     """A send that fails (network down) is skipped; the next round still goes."""
     h.discovery.sender.fail_with = OSError("network is unreachable")
