@@ -1,74 +1,119 @@
 """
-Benchmark 3: scale.  N nodes on this host, one process each, finding each
-other by UDP broadcast (no --peers), in memory.
+Benchmark 3: scale.  N nodes on this host, packed K to a process
+(benchmarks/multinode.py: K whole nodes on one reactor), finding each other
+by UDP broadcast (no --peers), in memory.
 
-    python benchmarks/scale.py [--quick] [--sizes 10,50,100] [--bound S]
+    python benchmarks/scale.py [--quick] [--sizes 10,50,100] [--per-process K]
+        [--watch S] [--bound S] [-- node options...]
 
-For each size: seconds from spawning the processes until all answer
-/health (past 4 x BOUND, the figures are of those that do); from then
-until every /peers lists every other node (or "none within BOUND s"); the idle CPU per
-node over a few seconds after that; the time for one increment on the first
-node to be read on every node; and the replication pushes (messages) and
-their bytes that one increment cost across the cluster (from each node's
-/metrics).  Today every node probes every peer every second and pushes
-every write to every peer: SWIM-style membership is not there yet, and
-these figures show what that costs.
+100 Python processes do not fit 2 cores (starting 50 alone took 86 s), so by
+default the nodes are packed 10 to a process: 10 nodes are 1 process, 50 are
+5, 100 are 10.  `--per-process 1` is one process per node, as before.
+Options after `--` go to every node (e.g. `--push-fanout 3`).
+
+For each size:
+  - startup s: from spawning the processes until every node answers /health;
+  - full mesh s: from then until every /peers lists every other node;
+  - false suspicions: peers that became suspect or dead in any node's table
+    (dcounter_peer_state_changes_total) over the next --watch seconds, while
+    every process runs and nothing is killed: each is false;
+  - idle CPU per node: the processes' CPU over that window / the nodes;
+  - increment on every node s: from the answer to one increment on the first
+    node until every node reads it;
+  - pushes and push bytes per increment: replication pushes (messages) and
+    their bytes, summed over the cluster, that the increment cost;
+  - load: the load average (1 min) when the size started: the machine is
+    shared, and the figures move with it.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
+import socket
 import subprocess
+import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
-from common import Client, Cluster, Node, free_ports, idle_cpu, metrics_sum, wait_for
+from common import ROOT, Client, free_port, free_ports, metrics_sum, process_cpu_seconds, wait_for
 
 PUSHES = "dcounter_replication_pushes_total"
 PUSH_BYTES = "dcounter_replication_push_bytes_total"
+CHANGES = "dcounter_peer_state_changes_total"
+MULTINODE = ROOT / "benchmarks" / "multinode.py"
+#: Nodes per process by default: what fits 2 cores at 100 nodes.
+PER_PROCESS = 10
 
 
-def listed(nodes: list[Node], client_for: dict[int, Client]) -> int:
+class Group:
+    """
+    One process running several nodes (benchmarks/multinode.py).
+    """
+
+    def __init__(self, ports: list[int], workdir: Path, common: list[str]) -> None:
+        self.ports = ports
+        self.log = workdir / f"group-{ports[0]}.log"
+        self.command = [
+            sys.executable,
+            str(MULTINODE),
+            "--ports",
+            ",".join(map(str, ports)),
+            "--log",
+            str(self.log),
+            "--",
+            *common,
+        ]
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+def listed(ports: list[int], clients: dict[int, Client]) -> int:
     """
     How many nodes list every other node.
     """
-    ids = {n.id for n in nodes}
+    ids = {f"127.0.0.1:{p}" for p in ports}
     complete = 0
-    for n in nodes:
+    for port in ports:
         try:
-            if set(client_for[n.port].call("GET", "/peers")) == ids - {n.id}:
+            if set(clients[port].call("GET", "/peers")) == ids - {f"127.0.0.1:{port}"}:
                 complete += 1
         except (OSError, RuntimeError):
-            client_for[n.port] = Client(n.port)
+            clients[port] = Client(port, timeout=2)
     return complete
 
 
-def replication_totals(ports: list[int]) -> tuple[float, float] | None:
+def totals(ports: list[int], name: str, **labels: str) -> float | None:
     """
-    Pushes and their bytes, summed over the nodes; None if a node does not
-    answer (a saturated machine).
+    A metric summed over the nodes; None if a node does not answer.
     """
     try:
-        return metrics_sum(ports, PUSHES), metrics_sum(ports, PUSH_BYTES)
+        return metrics_sum(ports, name, **labels)
     except (OSError, RuntimeError):
         return None
 
 
-def answering(node: Node) -> bool:
+def answering(port: int) -> bool:
+    client = Client(port, timeout=2)
     try:
-        Client(node.port, timeout=5).call("GET", "/health")
+        client.call("GET", "/health")
         return True
     except (OSError, RuntimeError):
         return False
+    finally:
+        client.close()
 
 
-def stop(nodes: list[Node]) -> None:
-    """
-    Stop every node at once (a saturated machine stops them slowly).
-    """
-    running = [n.process for n in nodes if n.process is not None and n.process.poll() is None]
+def stop(groups: list[Group]) -> None:
+    running = [g.process for g in groups if g.process is not None and g.process.poll() is None]
     for process in running:
         process.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + 30
@@ -80,90 +125,122 @@ def stop(nodes: list[Node]) -> None:
             process.wait()
 
 
-def one_size(n: int, bound: float, idle: float) -> dict[str, float | str]:
+def suspicions(ports: list[int]) -> float | None:
+    s, d = totals(ports, CHANGES, state="suspect"), totals(ports, CHANGES, state="dead")
+    return None if s is None or d is None else s + d
+
+
+def one_size(
+    n: int, per_process: int, bound: float, watch: float, node_args: list[str]
+) -> dict[str, float | str]:
+    load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
-        cluster = Cluster(Path(tmp), discovery=True)
-        nodes = [cluster.add(p, in_memory=True) for p in free_ports(n)]
+        common = [
+            "--cluster",
+            "s-" + uuid.uuid4().hex[:10],
+            "--discovery-port",
+            str(free_port(socket.SOCK_DGRAM)),
+            "--in-memory",
+            *node_args,
+        ]
+        ports = free_ports(n)
+        groups = [Group(ports[i : i + per_process], Path(tmp), common) for i in range(0, n, per_process)]
+        row: dict[str, float | str] = {
+            "nodes": n,
+            "packing": f"{len(groups)} processes x {per_process} nodes",
+            "load": load,
+        }
         try:
             spawned = time.monotonic()
-            for node in nodes:
-                node.start()
-            # Every node answering, within the bound: past it, measure those
-            # that do (with 50 nodes the probes of every peer by every node
-            # can saturate two cores before the last one answers).
-            waiting = list(nodes)
+            for group in groups:
+                group.start()
+            waiting = list(ports)
             while waiting and time.monotonic() - spawned < 4 * bound:
-                waiting = [node for node in waiting if not answering(node)]
+                waiting = [p for p in waiting if not answering(p)]
             answered = time.monotonic()
             if waiting:
-                nodes = [node for node in nodes if node not in waiting]
-            up: float | str = (
-                answered - spawned
-                if not waiting
-                else f"{len(nodes)} of {n} answered within {4 * bound:.0f} s"
-            )
-            if not nodes:
-                return {"nodes": n, "startup s": up}
-            clients = {node.port: Client(node.port, timeout=2) for node in nodes}
+                row["startup s"] = f"{n - len(waiting)} of {n} answered within {4 * bound:.0f} s"
+                return row
+            row["startup s"] = answered - spawned
+            clients = {p: Client(p, timeout=2) for p in ports}
             best = 0
-            mesh: float | str = f"none within {bound:.0f} s"
-            while nodes and time.monotonic() - answered < bound:
-                best = max(best, listed(nodes, clients))
-                if best == len(nodes):
-                    mesh = time.monotonic() - answered
+            row["full mesh s"] = f"none within {bound:.0f} s"
+            while time.monotonic() - answered < bound:
+                best = max(best, listed(ports, clients))
+                if best == n:
+                    row["full mesh s"] = time.monotonic() - answered
                     break
-            pids = [node.process.pid for node in nodes if node.process is not None]
-            cpu = idle_cpu(pids, idle) / len(nodes)
-            ports = [node.port for node in nodes]
-            before = replication_totals(ports)
-            target = clients[nodes[0].port].call("POST", "/counters/spread/increment")["count"]
+            if best < n:
+                row["most nodes listing all"] = best
+
+            # Idle: nothing but the nodes' own traffic, every process running.
+            pids = [g.process.pid for g in groups if g.process is not None]
+            before = suspicions(ports)
+            cpu, started = process_cpu_seconds(pids), time.monotonic()
+            time.sleep(watch)  # measuring idling over a duration: nothing to poll for
+            row["idle CPU per node"] = (process_cpu_seconds(pids) - cpu) / (time.monotonic() - started) / n
+            after = suspicions(ports)
+            if not all(g.running() for g in groups):
+                row["false suspicions"] = "a process exited"
+            elif before is None or after is None:
+                row["false suspicions"] = "a /metrics scrape failed"
+            else:
+                row["false suspicions"] = after - before
+            row["watched s"] = watch
+
+            pushes, sent_bytes = totals(ports, PUSHES), totals(ports, PUSH_BYTES)
+            target = clients[ports[0]].call("POST", "/counters/spread/increment")["count"]
             sent = time.monotonic()
-            waiting = list(nodes[1:])
+            waiting = list(ports[1:])
 
             def arrived() -> bool:
                 nonlocal waiting
                 still = []
-                for node in waiting:
+                for port in waiting:
                     try:
-                        if clients[node.port].call("GET", "/counters/spread")["count"] < target:
-                            still.append(node)
+                        if clients[port].call("GET", "/counters/spread")["count"] < target:
+                            still.append(port)
                     except (OSError, RuntimeError):  # a 404 until it arrives
-                        clients[node.port] = Client(node.port, timeout=2)
-                        still.append(node)
+                        clients[port] = Client(port, timeout=2)
+                        still.append(port)
                 waiting = still
                 return not waiting
 
             try:
                 wait_for(arrived, bound, interval=0.001, what="the increment on every node")
-                spread: float | str = time.monotonic() - sent
+                row["increment on every node s"] = time.monotonic() - sent
             except AssertionError:
-                spread = f"{len(nodes) - 1 - len(waiting)} of {len(nodes) - 1} nodes within {bound:.0f} s"
+                row["increment on every node s"] = f"{n - 1 - len(waiting)} of {n - 1} within {bound:.0f} s"
             time.sleep(0.5)  # pushes still under way are counted once they end
-            after = replication_totals(ports)
-            messages: float | str = "a /metrics scrape failed"
-            size: float | str = messages
-            if before is not None and after is not None:
-                messages, size = after[0] - before[0], after[1] - before[1]
-            return {
-                "nodes": n,
-                "startup s": up,
-                "full mesh s": mesh,
-                "most nodes listing all": best,
-                "idle CPU per node": cpu,
-                "increment on every node s": spread,
-                "pushes per increment": messages,
-                "push bytes per increment": size,
-            }
+            pushes_after, bytes_after = totals(ports, PUSHES), totals(ports, PUSH_BYTES)
+            if None in (pushes, sent_bytes, pushes_after, bytes_after):
+                row["pushes per increment"] = "a /metrics scrape failed"
+            else:
+                row["pushes per increment"] = pushes_after - pushes  # type: ignore[operator]
+                row["push bytes per increment"] = bytes_after - sent_bytes  # type: ignore[operator]
+            return row
         finally:
-            stop(cluster.nodes)
+            stop(groups)
 
 
 def run(
-    quick: bool, sizes: list[int] | None = None, bound: float | None = None
+    quick: bool,
+    sizes: list[int] | None = None,
+    bound: float | None = None,
+    per_process: int = PER_PROCESS,
+    watch: float | None = None,
+    node_args: list[str] | None = None,
+    verbose: bool = False,
 ) -> list[dict[str, float | str]]:
-    sizes = sizes or ([10] if quick else [10, 50])
+    sizes = sizes or ([10] if quick else [10, 50, 100])
     bound = bound or (20.0 if quick else 30.0)
-    return [one_size(n, bound, 3.0 if quick else 5.0) for n in sizes]
+    watch = watch or (10.0 if quick else 60.0)
+    rows = []
+    for n in sizes:
+        rows.append(one_size(n, per_process, bound, watch, node_args or []))
+        if verbose:
+            print("; ".join(f"{k}: {show(v)}" for k, v in rows[-1].items()), flush=True)
+    return rows
 
 
 def show(value: float | str) -> str:
@@ -173,16 +250,24 @@ def show(value: float | str) -> str:
 
 
 def main() -> None:
+    argv = sys.argv[1:]
+    node_args: list[str] = []
+    if "--" in argv:
+        split = argv.index("--")
+        argv, node_args = argv[:split], argv[split + 1 :]
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="10 nodes, shorter bounds")
-    parser.add_argument("--sizes", help="comma-separated cluster sizes [10,50]")
-    parser.add_argument("--bound", type=float, help="seconds to wait for a full mesh")
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="10 nodes, shorter bounds and watch")
+    parser.add_argument("--sizes", help="comma-separated cluster sizes [10,50,100]")
+    parser.add_argument("--per-process", type=int, default=PER_PROCESS, help="nodes per process [10]")
+    parser.add_argument("--watch", type=float, help="seconds of idling watched for suspicions [60]")
+    parser.add_argument("--bound", type=float, help="seconds to wait for a full mesh [30]")
+    args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else None
-    for row in run(args.quick, sizes, args.bound):
-        print("; ".join(f"{k}: {show(v)}" for k, v in row.items()), flush=True)
+    # SIGTERM stops the node processes too (the finally clauses run).
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(1))
+    run(args.quick, sizes, args.bound, args.per_process, args.watch, node_args, verbose=True)
 
 
 if __name__ == "__main__":
