@@ -8,6 +8,18 @@ every slot marked for it, in one request.  While a request to a peer is in
 flight, new writes wait in its outbox, so under load each request carries many
 increments and no peer ever has more than one push outstanding.
 
+Gossip of writes, in a cluster of more than C{gossip_above} nodes: pushing
+every write to every peer costs the writer N - 1 requests per flush, and the
+cluster N (N - 1) when every node writes.  There, a flush sends what was
+written to C{push_fanout} random live peers only, and a node whose slots grew
+from a push forwards what grew, once, to C{push_fanout} random others
+(the sender left out): each new slot value is forwarded once per node, so a
+write reaches nearly every node in O(log N) hops (the few it misses, about
+e^-K of them, get it from anti-entropy), and a node's pushes per flush stay
+C{push_fanout} whatever the cluster's size, with the writes of many nodes
+batched into each.  A write that waits for N peers (C{?wait=N}) is pushed to
+every live peer that does not hold it yet, as below the switch.
+
 Anti-entropy: every C{interval} seconds, a round with one live peer chosen
 at random, and at once with every peer that joins or comes back.  It repairs
 whatever a push missed (a peer down, a partition), since merging is
@@ -98,7 +110,14 @@ class Replicator(TimerService):
         stop_timeout: float = 3.0,
         swim: Swim | None = None,
         fold_after: float = 60.0,
+        push_fanout: int = 3,
+        gossip_above: int | None = None,
     ) -> None:
+        """
+        @param push_fanout: peers each flush goes to, once gossiping.
+        @param gossip_above: gossip writes in a cluster of more than this many
+            nodes (this one included); None: push every write to every peer.
+        """
         self.node = node
         self.admission = admission or Admission(membership, node.cluster)
         self.membership = membership
@@ -124,6 +143,13 @@ class Replicator(TimerService):
         self.fold_after = fold_after
         #: peer -> when the last anti-entropy round with it that completed began
         self._caught_up: dict[str, float] = {}
+        self.push_fanout = push_fanout
+        self.gossip_above = gossip_above
+        #: Gossiping: slots (and idempotency keys) for the next flush's
+        #: random peers, and the peers they came from (not sent back).
+        self._gossip: set[SlotKey] = set()
+        self._gossip_keys: set[str] = set()
+        self._gossip_from: set[str] = set()
         node.subscribe(self.local_write)
         membership.subscribe(self._peer_changed)
 
@@ -225,6 +251,17 @@ class Replicator(TimerService):
         if self._check(waiter):
             return waiter.done
         self._waiters.append(waiter)
+        if self.gossiping():
+            # Forwarded copies are not acknowledged to us: push it to every
+            # live peer that does not hold it yet, as below the switch, so
+            # that the first N to answer make the write concern.
+            idem = self._gossip_keys if key in self._gossip else set()
+            for peer in self.membership.live():
+                if not _covers(self._holds.get(peer, {}).get(key), slot):
+                    self._outbox.setdefault(peer, set()).add(key)
+                    if idem:
+                        self._key_outbox.setdefault(peer, set()).update(idem)
+            self._schedule_flush()
 
         def expire() -> None:
             self._waiters.remove(waiter)
@@ -257,19 +294,59 @@ class Replicator(TimerService):
             rumors=self.swim.rumors() if self.swim is not None else (),
         )
 
-    def local_write(self, keys: list[SlotKey], idem: Sequence[str] = ()) -> None:
-        for peer in self.membership.live():
-            self._outbox.setdefault(peer, set()).update(keys)
-            if idem:
-                self._key_outbox.setdefault(peer, set()).update(idem)
+    def gossiping(self) -> bool:
+        """
+        Whether writes spread by gossip (the cluster is past the switch
+        point) rather than pushed to every peer.
+        """
+        return self.gossip_above is not None and len(self.membership.live()) + 1 > self.gossip_above
+
+    def _schedule_flush(self) -> None:
         if self._flush_call is None:
             self._flush_call = self.clock.callLater(0, self.flush)
 
+    def local_write(self, keys: list[SlotKey], idem: Sequence[str] = ()) -> None:
+        if self.gossiping():
+            self._gossip.update(keys)
+            self._gossip_keys.update(idem)
+        else:
+            for peer in self.membership.live():
+                self._outbox.setdefault(peer, set()).update(keys)
+                if idem:
+                    self._key_outbox.setdefault(peer, set()).update(idem)
+        self._schedule_flush()
+
+    def _forward(self, sender: str, grown: list[SlotKey], idem: AbstractSet[str]) -> None:
+        """
+        Gossiping: slots that grew from C{sender}'s push go on to random
+        peers at the next flush (once: a slot grows once per value).
+        """
+        self._gossip.update(grown)
+        self._gossip_keys.update(idem)
+        self._gossip_from.add(sender)
+        self._schedule_flush()
+
+    def _spread(self) -> None:
+        """
+        Put the slots waiting to be gossiped in the outboxes of
+        C{push_fanout} random live peers, not those they came from.
+        """
+        live = self.membership.live()
+        others = [peer for peer in live if peer not in self._gossip_from]
+        for peer in self._rng.sample(others, min(self.push_fanout, len(others))):
+            self._outbox.setdefault(peer, set()).update(self._gossip)
+            if self._gossip_keys:
+                self._key_outbox.setdefault(peer, set()).update(self._gossip_keys)
+        self._gossip, self._gossip_keys, self._gossip_from = set(), set(), set()
+
     def flush(self) -> None:
         """
-        Push each peer's outbox, unless a push to it is in flight already.
+        Push each peer's outbox, unless a push to it is in flight already
+        (gossiping: first choose the peers of what waits to be gossiped).
         """
         self._flush_call = None
+        if self._gossip:
+            self._spread()
         for peer, keys in list(self._outbox.items()):
             if keys and peer not in self._in_flight:
                 self._outbox[peer] = set()
@@ -290,8 +367,8 @@ class Replicator(TimerService):
 
         def sent(_: object) -> None:
             self._in_flight.discard(peer)
-            if self._outbox.get(peer) and self._flush_call is None:
-                self._flush_call = self.clock.callLater(0, self.flush)
+            if self._outbox.get(peer):
+                self._schedule_flush()
 
         def failed(reason: Any) -> None:
             # Keep the slots for the next flush (a later write or the next
@@ -367,8 +444,7 @@ class Replicator(TimerService):
                 self._outbox.setdefault(peer, set()).update(
                     (name, replica) for name, slots in lacking.items() for replica in slots
                 )
-                if self._flush_call is None:
-                    self._flush_call = self.clock.callLater(0, self.flush)
+                self._schedule_flush()
         return True
 
     def summary(self) -> bytes:
@@ -400,7 +476,7 @@ class Replicator(TimerService):
         def merge(reply: wire.Sync | None) -> None:
             self._record_held(peer, state)
             if reply is not None:
-                self.received(reply)
+                self.received(reply, forward=False)
                 self._caught_up[peer] = began
 
         def failed(reason: Any) -> None:
@@ -487,7 +563,7 @@ class Replicator(TimerService):
 
     # Incoming.
 
-    def received(self, sync: wire.Sync) -> wire.Sync | None:
+    def received(self, sync: wire.Sync, *, forward: bool = True) -> wire.Sync | None:
         """
         A peer's sync (a push, a push-pull, or the reply to ours).
 
@@ -495,12 +571,16 @@ class Replicator(TimerService):
         refused; its sender, if it is a node at all, is considered for
         admission (it may have just started), and merged from once admitted.
 
+        @param forward: gossiping, forward the slots that grew from a push
+            (not from the reply to our own push-pull).
         @return: our whole state, if the peer asked for it.
         @raise WrongCluster: if it comes from another cluster; nothing changes.
         @raise NotMember: if its sender was not admitted; nothing changes.
         """
         self._admitted(sync.cluster, sync.sender)
-        self.node.merge(sync.state, sync.keys)
+        grown = self.node.merge(sync.state, sync.keys)
+        if grown and forward and not sync.reply and self.gossiping():
+            self._forward(sync.sender, grown, set(sync.keys))
         self._record_held(sync.sender, sync.state)
         self._heard(sync.sender, sync.incarnation, sync.members, sync.rumors)
         if sync.reply:

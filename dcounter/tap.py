@@ -49,6 +49,8 @@ from dcounter.store import MemoryStore, SQLiteStore, Store, StoreError, ThreadWo
 from dcounter.swim import Swim
 
 DEFAULT_PORT = 8088
+#: The cluster size past which writes spread by gossip (benchmarks/scale.py).
+GOSSIP_ABOVE = 1000
 log = Logger()
 
 
@@ -232,6 +234,22 @@ class Options(usage.Options):
             "Seconds after start before this node folds the slots of its earlier incarnations "
             "(once every member it knows has caught up with it since).",
             _float("--fold-after", 0.0),
+        ],
+        [
+            "push-fanout",
+            None,
+            3,
+            "Past --gossip-above nodes: peers each flush of writes is pushed to, and that "
+            "a node forwards what grew to.",
+            _positive_int("--push-fanout"),
+        ],
+        [
+            "gossip-above",
+            None,
+            GOSSIP_ABOVE,
+            "In a cluster of more than this many nodes, writes spread by gossip to "
+            "--push-fanout peers instead of being pushed to every peer.",
+            _positive_int("--gossip-above"),
         ],
         [
             "log-format",
@@ -515,6 +533,10 @@ def assemble(
         swim=swim,
         fold_after=options["fold-after"],
         stop_timeout=options["stop-timeout"],
+        push_fanout=options["push-fanout"],
+        gossip_above=options["gossip-above"],
+        # A test's seeded choices: its own, not taken from SWIM's sequence.
+        rng=None if rng is None else Random(node_id),
     )
     found = discovery(membership, health.consider, guard) if discovery is not None else None
     metrics.watch(node, membership, health, found, guard)

@@ -107,6 +107,8 @@ def make_node(
     client_token: str | None = None,
     indirect: int = 3,
     fold_after: float = 60.0,
+    push_fanout: int = 3,
+    gossip_above: int | None = None,
     **membership_options: Any,
 ) -> TestNode:
     """
@@ -127,8 +129,11 @@ def make_node(
             "keys": list(keys),
             "admin-token": admin_token,
             "client-token": client_token,
+            "push-fanout": push_fanout,
         }
     )
+    if gossip_above is not None:
+        options["gossip-above"] = gossip_above
     store = MemoryStore(node_id)
     parts = assemble(
         options,
