@@ -28,7 +28,8 @@ every node as twistd would stop one (its parts in reverse order), then the
 reactor.
 
 Prints one line, `ready PORT,PORT,...`, once every node's services have
-started (the ports are listening).
+started (the ports are listening).  `--stagger S` starts the nodes S seconds
+apart, as nodes deployed one after another would.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from twisted.application.service import MultiService  # noqa: E402
+from twisted.application.service import MultiService, Service  # noqa: E402
 from twisted.internet import reactor  # noqa: E402
 from twisted.logger import globalLogBeginner  # noqa: E402
 
@@ -87,6 +88,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--log", help="log file [stderr]")
     parser.add_argument("--log-level", default="warn", choices=list(logs.LEVELS))
+    parser.add_argument(
+        "--stagger", type=float, default=0.0, help="seconds between the starts of two nodes [0: together]"
+    )
     args = parser.parse_args(argv)
     ports = [int(p) for p in args.ports.split(",") if p]
 
@@ -99,9 +103,16 @@ def main(argv: list[str] | None = None) -> None:
     for port in ports:
         makeService(node_options(port, args.host, common), reactor).setServiceParent(top)
 
+    nodes = list(top)
+
     def started() -> None:
-        top.startService()
-        print("ready " + ",".join(map(str, ports)), flush=True)
+        # MultiService's own start, with each node's delayed by --stagger.
+        Service.startService(top)
+        for i, node in enumerate(nodes):
+            reactor.callLater(i * args.stagger, node.startService)  # type: ignore[attr-defined]
+        reactor.callLater(  # type: ignore[attr-defined]
+            len(nodes) * args.stagger, print, "ready " + ",".join(map(str, ports)), flush=True
+        )
 
     reactor.callWhenRunning(started)  # type: ignore[attr-defined]
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)  # type: ignore[attr-defined]

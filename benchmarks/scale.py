@@ -12,7 +12,12 @@ default the nodes are packed 10 to a process: 10 nodes are 1 process, 50 are
 Options after `--` go to every node (e.g. `--push-fanout 3`).
 
 For each size:
-  - startup s: from spawning the processes until every node answers /health;
+  - startup s: from spawning the first process until every node answers
+    /health; the nodes start one after another, 0.2 s apart, each process
+    once the nodes of the one before answer (--together: all at once; on 2
+    cores that set off a storm of probe timeouts and suspicions at 50
+    nodes: each joiner is probed for admission, and has an anti-entropy
+    round, with every member, and every member with it);
   - full mesh s: from then until every /peers lists every other node;
   - false suspicions: peers that became suspect or dead in any node's table
     (dcounter_peer_state_changes_total) over the next --watch seconds, while
@@ -22,6 +27,8 @@ For each size:
     node until every node reads it;
   - pushes and push bytes per increment: replication pushes (messages) and
     their bytes, summed over the cluster, that the increment cost;
+  - burst: every node increments once at the same time: the time until
+    every node reads all N, and the pushes and bytes per increment;
   - load: the load average (1 min) when the size started: the machine is
     shared, and the figures move with it.
 """
@@ -37,6 +44,7 @@ import sys
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from common import ROOT, Client, free_port, free_ports, metrics_sum, process_cpu_seconds, wait_for
@@ -47,6 +55,8 @@ CHANGES = "dcounter_peer_state_changes_total"
 MULTINODE = ROOT / "benchmarks" / "multinode.py"
 #: Nodes per process by default: what fits 2 cores at 100 nodes.
 PER_PROCESS = 10
+#: Seconds between two nodes' starts in a rolling start.
+STAGGER = 0.2
 
 
 class Group:
@@ -54,7 +64,7 @@ class Group:
     One process running several nodes (benchmarks/multinode.py).
     """
 
-    def __init__(self, ports: list[int], workdir: Path, common: list[str]) -> None:
+    def __init__(self, ports: list[int], workdir: Path, common: list[str], stagger: float = 0.0) -> None:
         self.ports = ports
         self.log = workdir / f"group-{ports[0]}.log"
         self.command = [
@@ -64,6 +74,8 @@ class Group:
             ",".join(map(str, ports)),
             "--log",
             str(self.log),
+            "--stagger",
+            str(stagger),
             "--",
             *common,
         ]
@@ -130,8 +142,58 @@ def suspicions(ports: list[int]) -> float | None:
     return None if s is None or d is None else s + d
 
 
+def burst(ports: list[int], clients: dict[int, Client], bound: float) -> dict[str, float | str]:
+    """
+    Every node increments one counter once, all at the same time: the time
+    from the first request until every node reads them all, and the pushes
+    and bytes per increment (where batching can make gossip cheaper).
+    """
+    n = len(ports)
+    pushes, sent_bytes = totals(ports, PUSHES), totals(ports, PUSH_BYTES)
+
+    def increment(port: int) -> None:
+        client = Client(port, timeout=bound)
+        try:
+            client.call("POST", "/counters/burst/increment")
+        finally:
+            client.close()
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(increment, ports))
+    waiting = list(ports)
+
+    def everywhere() -> bool:
+        nonlocal waiting
+        still = []
+        for port in waiting:
+            try:
+                if clients[port].call("GET", "/counters/burst")["count"] < n:
+                    still.append(port)
+            except (OSError, RuntimeError):
+                clients[port] = Client(port, timeout=2)
+                still.append(port)
+        waiting = still
+        return not waiting
+
+    row: dict[str, float | str] = {}
+    try:
+        wait_for(everywhere, bound, interval=0.001, what="every node's increment on every node")
+        row["burst: all read all s"] = time.monotonic() - started
+    except AssertionError:
+        row["burst: all read all s"] = f"{n - len(waiting)} of {n} within {bound:.0f} s"
+    time.sleep(0.5)
+    pushes_after, bytes_after = totals(ports, PUSHES), totals(ports, PUSH_BYTES)
+    if None in (pushes, sent_bytes, pushes_after, bytes_after):
+        row["burst: pushes per increment"] = "a /metrics scrape failed"
+    else:
+        row["burst: pushes per increment"] = (pushes_after - pushes) / n  # type: ignore[operator]
+        row["burst: push bytes per increment"] = (bytes_after - sent_bytes) / n  # type: ignore[operator]
+    return row
+
+
 def one_size(
-    n: int, per_process: int, bound: float, watch: float, node_args: list[str]
+    n: int, per_process: int, bound: float, watch: float, node_args: list[str], rolling: bool = True
 ) -> dict[str, float | str]:
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
@@ -144,19 +206,31 @@ def one_size(
             *node_args,
         ]
         ports = free_ports(n)
-        groups = [Group(ports[i : i + per_process], Path(tmp), common) for i in range(0, n, per_process)]
+        stagger = STAGGER if rolling else 0.0
+        groups = [
+            Group(ports[i : i + per_process], Path(tmp), common, stagger) for i in range(0, n, per_process)
+        ]
         row: dict[str, float | str] = {
             "nodes": n,
-            "packing": f"{len(groups)} processes x {per_process} nodes",
+            "packing": f"{len(groups)} processes x {per_process} nodes, started "
+            + (f"one after another, {STAGGER} s apart" if rolling else "together"),
             "load": load,
         }
         try:
             spawned = time.monotonic()
+            deadline = spawned + 4 * bound
+            waiting = []
+
+            def unanswered(ports: list[int]) -> list[int]:
+                return [p for p in ports if time.monotonic() > deadline or not answering(p)]
+
             for group in groups:
                 group.start()
-            waiting = list(ports)
-            while waiting and time.monotonic() - spawned < 4 * bound:
-                waiting = [p for p in waiting if not answering(p)]
+                waiting += group.ports
+                while rolling and waiting and time.monotonic() < deadline:
+                    waiting = unanswered(waiting)
+            while waiting and time.monotonic() < deadline:
+                waiting = unanswered(waiting)
             answered = time.monotonic()
             if waiting:
                 row["startup s"] = f"{n - len(waiting)} of {n} answered within {4 * bound:.0f} s"
@@ -218,6 +292,7 @@ def one_size(
             else:
                 row["pushes per increment"] = pushes_after - pushes  # type: ignore[operator]
                 row["push bytes per increment"] = bytes_after - sent_bytes  # type: ignore[operator]
+            row.update(burst(ports, clients, bound))
             return row
         finally:
             stop(groups)
@@ -231,13 +306,14 @@ def run(
     watch: float | None = None,
     node_args: list[str] | None = None,
     verbose: bool = False,
+    rolling: bool = True,
 ) -> list[dict[str, float | str]]:
     sizes = sizes or ([10] if quick else [10, 50, 100])
     bound = bound or (20.0 if quick else 30.0)
     watch = watch or (10.0 if quick else 60.0)
     rows = []
     for n in sizes:
-        rows.append(one_size(n, per_process, bound, watch, node_args or []))
+        rows.append(one_size(n, per_process, bound, watch, node_args or [], rolling))
         if verbose:
             print("; ".join(f"{k}: {show(v)}" for k, v in rows[-1].items()), flush=True)
     return rows
@@ -263,11 +339,25 @@ def main() -> None:
     parser.add_argument("--per-process", type=int, default=PER_PROCESS, help="nodes per process [10]")
     parser.add_argument("--watch", type=float, help="seconds of idling watched for suspicions [60]")
     parser.add_argument("--bound", type=float, help="seconds to wait for a full mesh [30]")
+    parser.add_argument(
+        "--together",
+        action="store_true",
+        help="start every process at once [one after another, each once its nodes answer]",
+    )
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else None
     # SIGTERM stops the node processes too (the finally clauses run).
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(1))
-    run(args.quick, sizes, args.bound, args.per_process, args.watch, node_args, verbose=True)
+    run(
+        args.quick,
+        sizes,
+        args.bound,
+        args.per_process,
+        args.watch,
+        node_args,
+        verbose=True,
+        rolling=not args.together,
+    )
 
 
 if __name__ == "__main__":
