@@ -160,13 +160,13 @@ class Client:
         self.connection.close()
 
 
-def metric(port: int, name: str, **labels: str) -> float:
+def metric(port: int, name: str, timeout: float = 10, **labels: str) -> float:
     """
     The sum of the samples of C{name} with these labels in a node's /metrics.
     """
     from prometheus_client.parser import text_string_to_metric_families
 
-    client = Client(port)
+    client = Client(port, timeout=timeout)
     try:
         text = client.call("GET", "/metrics").decode()
     finally:
@@ -179,8 +179,8 @@ def metric(port: int, name: str, **labels: str) -> float:
     return total
 
 
-def metrics_sum(ports: Iterable[int], name: str, **labels: str) -> float:
-    return sum(metric(p, name, **labels) for p in ports)
+def metrics_sum(ports: Iterable[int], name: str, timeout: float = 10, **labels: str) -> float:
+    return sum(metric(p, name, timeout, **labels) for p in ports)
 
 
 def idle_cpu(pids: Sequence[int], seconds: float) -> float:

@@ -110,7 +110,7 @@ def totals(ports: list[int], name: str, **labels: str) -> float | None:
     A metric summed over the nodes; None if a node does not answer.
     """
     try:
-        return metrics_sum(ports, name, **labels)
+        return metrics_sum(ports, name, timeout=3, **labels)
     except (OSError, RuntimeError):
         return None
 
