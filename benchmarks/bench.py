@@ -94,6 +94,8 @@ def fmt(value: Any, figure: str = "") -> str:
         return value
     if isinstance(value, float) and value != value:
         return "n/a"
+    if "CPU" in figure and abs(value) < 1:
+        return f"{value:.4f}"
     if "MB" in figure or " ms" in figure:
         return f"{value:.1f}"
     if abs(value) < 10 and not float(value).is_integer():
