@@ -24,7 +24,7 @@ counts a slot twice, and state stops growing with restarts (see L{absorbs}).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 from dcounter.idempotency import Entry, KeyBook, KeyState, node_of
 
@@ -332,12 +332,19 @@ class Counters:
         incarnations that L{fold} would fold: two or more, or one that is
         not a fold slot.
         """
-        return [
-            name
-            for name, slots in self._slots.items()
-            if len(self._retired(slots, replica)) > 1
-            or any(not is_fold(r) for r in self._retired(slots, replica))
-        ]
+        return [name for name, _ in self._foldable(replica)]
+
+    def _foldable(self, replica: str) -> Iterator[tuple[str, list[str]]]:
+        """Each counter L{foldable} names, with the slots L{fold} would fold."""
+        for name, slots in self._slots.items():
+            retired = self._retired(slots, replica)
+            if len(retired) > 1 or (retired and not is_fold(retired[0])):
+                yield name, retired
+
+    def holds_others(self, node: str) -> bool:
+        """Whether any slot here is of another node than C{node}."""
+        prefix = node + "/"
+        return any(not r.startswith(prefix) for slots in self._slots.values() for r in slots)
 
     @staticmethod
     def _retired(slots: Mapping[str, Slot], replica: str) -> list[str]:
@@ -360,9 +367,8 @@ class Counters:
         @return: the fold slots made, as state.
         """
         folds: dict[str, dict[str, Slot]] = {}
-        for name in self.foldable(replica):
+        for name, retired in list(self._foldable(replica)):
             slots = self._slots[name]
-            retired = self._retired(slots, replica)
             latest = max(retired, key=lambda r: _sort_key(r.rpartition("/")[2]))
             p = sum(slots[r][0] for r in retired)
             n = sum(slots[r][1] for r in retired)

@@ -335,15 +335,17 @@ class Node:
         """Remember C{member} as a member (or, with C{known=False}, forget it), durably."""
         if (member in self.remembered) == known:
             return
-        self.remembered.symmetric_difference_update({member})
+        if known:
+            self.remembered.add(member)
+        else:
+            self.remembered.discard(member)
         self.store.save({}, members=sorted(self.remembered)).addErrback(
             lambda f: self.log.failure("could not store the members", f)
         )
 
     def has_others(self) -> bool:
         """Whether the state holds slots of other nodes: this node has had peers."""
-        prefix = self.node_id + "/"
-        return any(not r.startswith(prefix) for slots in self.counters.state().values() for r in slots)
+        return self.counters.holds_others(self.node_id)
 
     def fold(self) -> int:
         """
