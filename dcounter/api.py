@@ -295,12 +295,12 @@ class CounterAPI:
         @raise Exception: at once, for a sync refused; nothing changes.
         """
         body = _body(request, wire.MAX_SYNC_BODY)
-        legacy = self.guard.enabled and self._signature(request) is None
+        auth = self._signature(request) if self.guard.enabled else None
+        legacy = self.guard.enabled and auth is None
         if legacy:  # the legacy sync, or a forgery: the token first, before parsing
             self._bearer(request, self.admin_token())
-            auth = None
-        else:
-            auth = self._peer_auth(request, body, "a peer's sync")
+        elif auth is not None:
+            self._verify(request, auth, self.node.node_id, body)
         message = wire.decode_sync(body)
         if isinstance(message, wire.LegacySync):
             if auth is not None:
