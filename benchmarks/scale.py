@@ -144,6 +144,33 @@ def suspicions(ports: list[int]) -> float | None:
     return None if s is None or d is None else s + d
 
 
+class Reading:
+    """
+    A condition for wait_for: every node of C{ports} reads at least
+    C{target} on counter C{name}.  C{waiting} holds those that do not yet;
+    a node that fails to answer (a 404 until the counter arrives, a timeout)
+    gets a new client and stays waiting.
+    """
+
+    def __init__(self, clients: dict[int, Client], ports: list[int], name: str, target: int) -> None:
+        self.clients = clients
+        self.waiting = list(ports)
+        self.path = f"/counters/{name}"
+        self.target = target
+
+    def __call__(self) -> bool:
+        still = []
+        for port in self.waiting:
+            try:
+                if self.clients[port].call("GET", self.path)["count"] < self.target:
+                    still.append(port)
+            except (OSError, RuntimeError):
+                self.clients[port] = Client(port, timeout=2)
+                still.append(port)
+        self.waiting = still
+        return not self.waiting
+
+
 def burst(ports: list[int], clients: dict[int, Client], bound: float) -> dict[str, float | str]:
     """
     Every node increments one counter once, all at the same time: the time
@@ -163,27 +190,13 @@ def burst(ports: list[int], clients: dict[int, Client], bound: float) -> dict[st
     started = time.monotonic()
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(increment, ports))
-    waiting = list(ports)
-
-    def everywhere() -> bool:
-        nonlocal waiting
-        still = []
-        for port in waiting:
-            try:
-                if clients[port].call("GET", "/counters/burst")["count"] < n:
-                    still.append(port)
-            except (OSError, RuntimeError):
-                clients[port] = Client(port, timeout=2)
-                still.append(port)
-        waiting = still
-        return not waiting
-
+    everywhere = Reading(clients, ports, "burst", n)
     row: dict[str, float | str] = {}
     try:
         wait_for(everywhere, bound, interval=0.001, what="every node's increment on every node")
         row["burst: all read all s"] = time.monotonic() - started
     except AssertionError:
-        row["burst: all read all s"] = f"{n - len(waiting)} of {n} within {bound:.0f} s"
+        row["burst: all read all s"] = f"{n - len(everywhere.waiting)} of {n} within {bound:.0f} s"
     time.sleep(0.5)
     pushes_after, bytes_after = totals(ports, PUSHES), totals(ports, PUSH_BYTES)
     if None in (pushes, sent_bytes, pushes_after, bytes_after):
@@ -269,26 +282,13 @@ def one_size(
             pushes, sent_bytes = totals(ports, PUSHES), totals(ports, PUSH_BYTES)
             target = clients[ports[0]].call("POST", "/counters/spread/increment")["count"]
             sent = time.monotonic()
-            waiting = list(ports[1:])
-
-            def arrived() -> bool:
-                nonlocal waiting
-                still = []
-                for port in waiting:
-                    try:
-                        if clients[port].call("GET", "/counters/spread")["count"] < target:
-                            still.append(port)
-                    except (OSError, RuntimeError):  # a 404 until it arrives
-                        clients[port] = Client(port, timeout=2)
-                        still.append(port)
-                waiting = still
-                return not waiting
-
+            arrived = Reading(clients, ports[1:], "spread", target)
             try:
                 wait_for(arrived, bound, interval=0.001, what="the increment on every node")
                 row["increment on every node s"] = time.monotonic() - sent
             except AssertionError:
-                row["increment on every node s"] = f"{n - 1 - len(waiting)} of {n - 1} within {bound:.0f} s"
+                left = len(arrived.waiting)
+                row["increment on every node s"] = f"{n - 1 - left} of {n - 1} within {bound:.0f} s"
             time.sleep(0.5)  # pushes still under way are counted once they end
             pushes_after, bytes_after = totals(ports, PUSHES), totals(ports, PUSH_BYTES)
             if None in (pushes, sent_bytes, pushes_after, bytes_after):
