@@ -53,22 +53,24 @@ DEFAULT_COUNTER = "default"
 FOLDED = "folded-"
 
 
+def _unfolded(incarnation: str) -> str:
+    """The incarnation a fold slot's incarnation names (any other: itself)."""
+    return incarnation[len(FOLDED) :] if incarnation.startswith(FOLDED) else incarnation
+
+
 def order(incarnation: str) -> str:
     """
     A key that sorts a node's incarnations in the order they started: the
     incarnation itself (a fixed-width hex time, then random digits); an
     incarnation of an older release (12 random hex digits) sorts first.
     """
-    if incarnation.startswith(FOLDED):
-        incarnation = incarnation[len(FOLDED) :]
+    incarnation = _unfolded(incarnation)
     return incarnation if len(incarnation) == 17 else ""
 
 
 def fold_replica(node: str, latest: str) -> str:
     """The replica id of a fold slot absorbing NODE's incarnations up to C{latest}."""
-    if latest.startswith(FOLDED):
-        latest = latest[len(FOLDED) :]
-    return f"{node}/{FOLDED}{latest}"
+    return f"{node}/{FOLDED}{_unfolded(latest)}"
 
 
 def is_fold(replica: str) -> bool:
@@ -80,8 +82,7 @@ def _sort_key(incarnation: str) -> tuple[str, str]:
     Incarnations in start order; those of an older release (all of order
     "") among themselves by id, as L{Counters.fold} picks the latest.
     """
-    if incarnation.startswith(FOLDED):
-        incarnation = incarnation[len(FOLDED) :]
+    incarnation = _unfolded(incarnation)
     return order(incarnation), incarnation
 
 
