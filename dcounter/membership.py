@@ -71,12 +71,15 @@ class Membership:
         self._peers: dict[str, Peer] = {}
         self._quarantined: dict[str, float] = {}
         self._listeners: list[Listener] = []
+        #: L{live}, kept until a peer changes state: every write reads it.
+        self._live: list[str] | None = None
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
     def _set(self, peer: Peer, state: PeerState | None, now: float) -> None:
         old = peer.state if peer.id in self._peers else None
+        self._live = None
         if state is None:
             self._peers.pop(peer.id, None)
         else:
@@ -200,7 +203,9 @@ class Membership:
         The peers believed alive (alive or only suspect), sorted: the ones
         we list, replicate to and gossip with.
         """
-        return sorted(p.id for p in self._peers.values() if p.state is not PeerState.DEAD)
+        if self._live is None:
+            self._live = sorted(p.id for p in self._peers.values() if p.state is not PeerState.DEAD)
+        return list(self._live)
 
     def known(self) -> list[str]:
         """

@@ -142,21 +142,23 @@ class Node:
         slot = self.counters.add(name, self.replica, amount)
         value = self.counters.value(name)
 
-        def durable(_: None) -> int:
-            self._mark_durable(name, slot)
-            key = (name, self.replica)
-            for listener in self._listeners:
-                listener([key], [])
-            return value
+        saved = self.store.save({name: {self.replica: slot}})
+        return self._answer(saved.addCallback(self._durable_one, name, slot, value), name)
 
-        saved = self.store.save({name: {self.replica: slot}}).addCallback(durable)
-        return self._answer(saved, name)
+    def _durable_one(self, _: None, name: str, slot: Slot, value: int) -> int:
+        self._mark_durable(name, slot)
+        key = (name, self.replica)
+        for listener in self._listeners:
+            listener([key], [])
+        return value
 
     def _answer(self, saved: Deferred[T], name: str) -> Deferred[T]:
         """
         A Deferred for the caller of a write, apart from the write itself:
         cancelling it (a client that went away) leaves the write going.
         """
+        if saved.called:  # durable already (a store in memory): nothing to cancel
+            return saved
         answer: Deferred[T] = Deferred()
 
         def deliver(result: T | Failure) -> None:

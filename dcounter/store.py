@@ -28,6 +28,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import IO, Any, Protocol
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -48,7 +49,7 @@ class Identity:
     node_id: str
     incarnation: str
 
-    @property
+    @cached_property  # read on every write
     def replica(self) -> str:
         """
         This node's own slot in every counter.
@@ -460,12 +461,19 @@ class SQLiteStore:
         try:
             with db:
                 db.execute("BEGIN IMMEDIATE")
-                db.executemany(_UPSERT, rows)
-                db.executemany("INSERT OR IGNORE INTO idem_entries VALUES (?, ?, ?, ?, ?)", entries)
-                db.executemany("INSERT OR IGNORE INTO idem_settled VALUES (?, ?, ?)", settled)
-                db.executemany("DELETE FROM idem_entries WHERE key = ?", [(k,) for k in forget])
-                db.executemany("DELETE FROM idem_settled WHERE key = ?", [(k,) for k in forget])
-                db.executemany("DELETE FROM slots WHERE counter = ? AND replica = ?", drop)
+                # Each statement gives up the GIL and takes it back: skip the
+                # empty ones (a plain increment's commit needs one).
+                if rows:
+                    db.executemany(_UPSERT, rows)
+                if entries:
+                    db.executemany("INSERT OR IGNORE INTO idem_entries VALUES (?, ?, ?, ?, ?)", entries)
+                if settled:
+                    db.executemany("INSERT OR IGNORE INTO idem_settled VALUES (?, ?, ?)", settled)
+                if forget:
+                    db.executemany("DELETE FROM idem_entries WHERE key = ?", [(k,) for k in forget])
+                    db.executemany("DELETE FROM idem_settled WHERE key = ?", [(k,) for k in forget])
+                if drop:
+                    db.executemany("DELETE FROM slots WHERE counter = ? AND replica = ?", drop)
                 if members is not None:
                     db.execute("INSERT OR REPLACE INTO meta VALUES ('members', ?)", (json.dumps(members),))
         except sqlite3.Error as e:

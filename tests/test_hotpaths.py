@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred
+from twisted.web.client import ResponseNeverReceived
 from twisted.web.resource import Resource
 
-from dcounter.api import HotPaths
 from dcounter.counter import MAX_SLOT
 from tests.support import Network, TestNode, address
 
@@ -153,9 +153,12 @@ def test_client_leaving_keeps_the_write(slow: tuple[Network, TestNode, SlowStore
     d = net.request("POST", f"http://{A}/increment")
     net.settle()
     d.cancel()  # the client hangs up
+    client: list[Any] = []
+    d.addBoth(client.append)
     net.settle()
     store.commit()
     net.settle()
+    assert [type(f.value) for f in client] == [ResponseNeverReceived]
     assert a.count() == 1
     assert b.count() == 1
 
@@ -172,6 +175,13 @@ class Recording(Resource):
     def render(self, request: Any) -> bytes:
         self.seen.append((request.method.decode(), request.uri.decode()))
         return b'{"klein":true}\n'
+
+
+def hot_then(node: TestNode, klein: Resource) -> Any:
+    """C{node}'s API resource with C{klein} standing in for Klein's."""
+    root = node.api.resource()
+    root.klein = klein
+    return root
 
 
 @pytest.mark.parametrize(
@@ -195,7 +205,7 @@ def test_what_goes_to_klein(method: str, uri: str) -> None:
     net = Network()
     a = net.add(9001)
     klein = Recording()
-    a.resource = HotPaths(a.api, klein)
+    a.resource = hot_then(a, klein)
     net.request(method, f"http://{A}{uri}")
     net.settle()
     assert klein.seen == [(method, uri)]
@@ -207,7 +217,7 @@ def test_sync_is_a_hot_path() -> None:
     net = Network()
     a = net.add(9001)
     klein = Recording()
-    a.resource = HotPaths(a.api, klein)
+    a.resource = hot_then(a, klein)
     net.request("POST", f"http://{A}/sync", json={"count": 3})
     net.request(
         "POST", f"http://{A}/sync", json={"from": B, "incarnation": "i", "cluster": "dcounter", "state": {}}
@@ -230,7 +240,7 @@ def test_keyed_writes_go_to_klein(method: str, uri: str) -> None:
     net = Network()
     a = net.add(9001)
     klein = Recording()
-    a.resource = HotPaths(a.api, klein)
+    a.resource = hot_then(a, klein)
     net.request(method, f"http://{A}{uri}", headers={"Idempotency-Key": "k-1"})
     net.settle()
     assert klein.seen == [(method, uri)]
