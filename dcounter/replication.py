@@ -132,6 +132,12 @@ class Replicator(TimerService):
         #: peer -> idempotency keys to push with the slots
         self._key_outbox: dict[str, set[str]] = {}
         self._in_flight: set[str] = set()
+        #: peer -> when a push to it last left: who waits longest goes first
+        self._pushed_at: dict[str, float] = {}
+        #: Whether the last flush left peers waiting for room (L{MAX_PUSHES}).
+        self._crowded = False
+        #: Senders refused as not admitted (yet), at most L{CONTACTED_MAX}.
+        self._contacted: set[str] = set()
         self._flush_call: Any = None
         #: The digest of our outgoing state, and the node's version it is of.
         self._digest: tuple[int, bytes] | None = None
@@ -346,18 +352,31 @@ class Replicator(TimerService):
                 self._key_outbox.setdefault(peer, set()).update(self._gossip_keys)
         self._gossip, self._gossip_keys, self._gossip_from = set(), set(), set()
 
+    #: Pushes in flight at most, to all peers together.  The others wait,
+    #: gathering later writes, until one is answered: in a cluster of 100,
+    #: a write on every node at once otherwise had each node open 99
+    #: connections at once, queueing past the pushes' and probes' timeouts,
+    #: and the retries and suspicions that followed kept it saturated.
+    MAX_PUSHES = 16
+
     def flush(self) -> None:
         """
         Push each peer's outbox, unless a push to it is in flight already
-        (gossiping: first choose the peers of what waits to be gossiped).
+        (gossiping: first choose the peers of what waits to be gossiped);
+        at most L{MAX_PUSHES} at once, the peers waiting longest first.
         """
         self._flush_call = None
         if self._gossip:
             self._spread()
-        for peer, keys in list(self._outbox.items()):
-            if keys and peer not in self._in_flight:
-                self._outbox[peer] = set()
-                self._push(peer, keys, self._key_outbox.pop(peer, set()))
+        ready = [peer for peer, keys in self._outbox.items() if keys and peer not in self._in_flight]
+        room = max(0, self.MAX_PUSHES - len(self._in_flight))
+        self._crowded = len(ready) > room
+        if self._crowded:
+            ready.sort(key=lambda peer: self._pushed_at.get(peer, float("-inf")))
+            del ready[room:]
+        for peer in ready:
+            keys, self._outbox[peer] = self._outbox[peer], set()
+            self._push(peer, keys, self._key_outbox.pop(peer, set()))
 
     def _send(self, peer: str, state: State, idem: Any = None) -> Deferred[wire.Sync | None]:
         """Push C{state} to C{peer}; once it acknowledges, it holds it."""
@@ -371,11 +390,12 @@ class Replicator(TimerService):
 
     def _push(self, peer: str, keys: set[SlotKey], idem: AbstractSet[str] = frozenset()) -> None:
         self._in_flight.add(peer)
+        self._pushed_at[peer] = self.clock.seconds()
         d = self._send(peer, self.node.outgoing(keys), self.node.outgoing_keys(idem) if idem else None)
 
         def sent(_: object) -> None:
             self._in_flight.discard(peer)
-            if self._outbox.get(peer):
+            if self._outbox.get(peer) or self._crowded:
                 self._schedule_flush()
 
         def failed(reason: Any) -> None:
@@ -554,6 +574,23 @@ class Replicator(TimerService):
     def _gossip_failed(self, reason: Failure, peer: str) -> None:
         self.log.debug("gossip to {peer} failed: {reason}", peer=peer, reason=reason.value)
 
+    #: Anti-entropy rounds a peer that joins (or comes back) has at once,
+    #: about, from the whole cluster: each node has one with it only with
+    #: probability JOIN_ROUNDS / its live peers.  In a small cluster that is
+    #: every node; in one of 100, a node joining all at once would
+    #: otherwise have 99 rounds, and each of them one with every joiner.
+    #: The rounds every node has each interval spread the rest.  A peer that
+    #: contacted this node before it was admitted here (L{_contacted}) has
+    #: one for sure: it may be a newcomer that knows no other member yet,
+    #: and learns them from the round.
+    JOIN_ROUNDS = 3
+    #: A bound on L{_contacted}, which strangers' messages could fill.
+    CONTACTED_MAX = 256
+
+    def _exchange_if_live(self, peer: str) -> None:
+        if peer in self.membership.live():
+            self.exchange(peer)
+
     def _peer_changed(self, peer: str, old: PeerState | None, new: PeerState | None) -> None:
         if new is PeerState.ALIVE:
             self.node.remember(peer)
@@ -561,13 +598,19 @@ class Replicator(TimerService):
             self.node.remember(peer, known=False)
         if new is PeerState.ALIVE and old in (None, PeerState.DEAD):
             self._outbox.setdefault(peer, set())
-            self.exchange(peer)
+            contacted = peer in self._contacted
+            self._contacted.discard(peer)
+            if contacted or self._rng.random() * len(self.membership.live()) < self.JOIN_ROUNDS:
+                # Not from inside the membership change: its answer may
+                # change membership again.
+                self.clock.callLater(0, self._exchange_if_live, peer)
         elif new in (None, PeerState.DEAD):
             self._outbox.pop(peer, None)
             self._key_outbox.pop(peer, None)
         if new is None:
             self._holds.pop(peer, None)
             self._caught_up.pop(peer, None)
+            self._pushed_at.pop(peer, None)
 
     # Incoming.
 
@@ -629,6 +672,8 @@ class Replicator(TimerService):
         if cluster != self.node.cluster:
             raise WrongCluster(f"this node belongs to cluster {self.node.cluster!r}, not {cluster!r}")
         if not self.admission.is_member(sender):
+            if len(self._contacted) < self.CONTACTED_MAX:
+                self._contacted.add(sender)
             self.consider(sender, contact=True)
             raise NotMember(f"{sender} is not a member admitted by this node")
 

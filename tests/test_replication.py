@@ -95,6 +95,65 @@ def test_one_push_in_flight_per_peer() -> None:
     assert second.body["state"] == {"default": {a.node.replica: [4, 0]}}
 
 
+def test_pushes_in_flight_are_bounded_and_taken_in_turn() -> None:
+    """
+    Past MAX_PUSHES unanswered pushes, the other peers wait, gathering
+    later writes, and go as answers come back: the longest waiting first.
+    """
+    net = Network()
+    a, *peers = net.add_many(21)
+    net.mesh()
+    bound = a.replicator.MAX_PUSHES
+    assert bound < len(peers)
+    for peer in peers:
+        net.hold(peer.id)
+    a.increment()
+    net.settle()
+    first = [p.to for p in pushes(net, sender=a.id)]
+    assert len(first) == bound
+    a.increment()  # the waiting peers gather it
+    net.settle()
+    assert len(pushes(net, sender=a.id)) == bound
+    net.release(first[0])
+    net.settle()
+    waiting = [p.id for p in peers if p.id not in first]
+    second = [p.to for p in pushes(net, sender=a.id)][bound:]
+    assert len(second) == 1 and second[0] in waiting  # not first[0] again, which waited less
+    for peer in peers:
+        net.release(peer.id)
+    net.settle(rounds=30)
+    assert counts(peers) == [2] * len(peers)
+    assert len(pushes(net, sender=a.id)) < 2 * len(peers)  # the waiting peers got both writes in one
+
+
+def test_a_returning_peer_has_a_few_rounds_not_one_with_every_node() -> None:
+    """In a large cluster a peer back from the dead has about JOIN_ROUNDS rounds, not N."""
+    net = Network()
+    nodes = net.add_many(40)
+    net.mesh()
+    b = nodes[-1]
+    now = net.clock.seconds()
+    for n in nodes[:-1]:
+        n.membership.mark(b.id, PeerState.DEAD, now)
+    before = len(exchanges(net))
+    for n in nodes[:-1]:
+        n.membership.heard_from(b.id, now)
+    net.settle()
+    rounds = len(exchanges(net)) - before
+    assert 0 < rounds <= 3 * nodes[0].replicator.JOIN_ROUNDS
+
+
+def test_a_newcomer_to_a_large_cluster_learns_every_member() -> None:
+    """One that contacted a member before being admitted has a round with it, and learns the rest."""
+    net = Network()
+    members = net.add_many(30)
+    net.mesh(members)
+    newcomer = net.add(9100)
+    newcomer.health.consider(members[0].id)
+    net.settle(rounds=30)
+    assert newcomer.membership.live() == sorted(m.id for m in members)
+
+
 def test_push_that_times_out_is_retried() -> None:
     """A push the peer never answers times out on the clock; the next flush resends it."""
     net = Network()
