@@ -372,6 +372,9 @@ class Replicator(TimerService):
         room = max(0, self.MAX_PUSHES - len(self._in_flight))
         self._crowded = len(ready) > room
         if self._crowded:
+            # Peers never pushed to tie: shuffled, so that nodes writing at
+            # once do not all connect to the same few peers first.
+            self._rng.shuffle(ready)
             ready.sort(key=lambda peer: self._pushed_at.get(peer, float("-inf")))
             del ready[room:]
         for peer in ready:

@@ -23,10 +23,13 @@ replicator carry the rumors it hands out and hand back the rumors they get.
  - B{Dissemination.}  Every change (alive at a higher generation, suspect,
    dead) is a rumor, piggybacked on the messages already sent (probes'
    answers, indirect probes and their answers, syncs), each rumor about
-   C{retransmit_mult * ceil(log10(n + 1))} times.  A rumor not yet sent is
-   L{news}: the replicator then gossips it at once to a few peers, as
-   memberlist's gossip loop does, instead of waiting for a message to
-   carry it.
+   C{retransmit_mult * ceil(log10(n + 1))} times.  A rumor this node saw
+   itself (its probe failed or was answered, its suspicion ran out, it
+   refutes) and has not sent yet is L{news}: the replicator then gossips it
+   at once to a few peers, as memberlist's gossip loop does, instead of
+   waiting for a message to carry it.  A rumor heard from others waits for
+   the messages already sent: each hop of its own message would make every
+   event cost N messages.
  - B{Refutation.}  A node that hears it is suspect or dead at its current
    generation raises its generation and spreads that it is alive.  A rumor
    about another boot of a node (its C{incarnation}) than the one known is
@@ -89,6 +92,9 @@ class Suspicion:
 @dataclass
 class _Queued:
     rumor: Rumor
+    #: whether this node saw it itself (its own probe, timer or refutation),
+    #: rather than heard it
+    own: bool = False
     sent: int = 0
 
 
@@ -187,7 +193,7 @@ class Swim:
         self.membership.heard_from(peer, now, incarnation, generation)
         self._suspicions.pop(peer, None)
         if was is not PeerState.ALIVE:
-            self._spread(Rumor("alive", peer, incarnation, known.generation, self.self_id))
+            self._spread(Rumor("alive", peer, incarnation, known.generation, self.self_id), own=True)
 
     def acked(self, peer: str, now: float) -> None:
         """
@@ -244,7 +250,7 @@ class Swim:
         self._suspicions[peer] = suspicion
         self.membership.mark(peer, PeerState.SUSPECT, now, generation)
         # Passed on as its source said it: a node is never its own confirmation.
-        self._spread(Rumor("suspect", peer, incarnation, generation, source))
+        self._spread(Rumor("suspect", peer, incarnation, generation, source), own=source == self.self_id)
 
     def tick(self, now: float) -> list[str]:
         """
@@ -258,22 +264,24 @@ class Swim:
                 del self._suspicions[peer]
                 known = self.membership.get(peer)
                 if known is not None and known.state is PeerState.SUSPECT:
-                    self._declare_dead(peer, known.incarnation or "", suspicion.generation, now)
+                    self._declare_dead(peer, known.incarnation or "", suspicion.generation, now, own=True)
                     dead.append(peer)
         return dead
 
-    def _declare_dead(self, peer: str, incarnation: str, generation: int, now: float) -> None:
+    def _declare_dead(
+        self, peer: str, incarnation: str, generation: int, now: float, own: bool = False
+    ) -> None:
         self._suspicions.pop(peer, None)
         self.membership.mark(peer, PeerState.DEAD, now, generation)
-        self._spread(Rumor("dead", peer, incarnation, generation, self.self_id))
+        self._spread(Rumor("dead", peer, incarnation, generation, self.self_id), own)
 
     def suspicion(self, peer: str) -> Suspicion | None:
         return self._suspicions.get(peer)
 
     # Dissemination.
 
-    def _spread(self, rumor: Rumor) -> None:
-        self._queue[rumor.node] = _Queued(rumor)
+    def _spread(self, rumor: Rumor, own: bool = False) -> None:
+        self._queue[rumor.node] = _Queued(rumor, own)
 
     def _changed(self, peer: str, old: PeerState | None, new: PeerState | None) -> None:
         if new is None:  # forgotten or removed: nothing more to say of it
@@ -284,9 +292,13 @@ class Swim:
 
     def news(self) -> bool:
         """
-        Whether a rumor was never sent yet: worth a message of its own.
+        Whether a rumor this node saw itself was never sent yet: worth a
+        message of its own.  A rumor heard from others travels on the
+        messages already sent: were each node to send one of its own for
+        every rumor it hears, each event would cost N times as many
+        messages, and under load a burst of suspicions fed on itself.
         """
-        return any(q.sent == 0 for q in self._queue.values())
+        return any(q.sent == 0 and q.own for q in self._queue.values())
 
     def rumors(self, limit: int = 16) -> tuple[Rumor, ...]:
         """
@@ -337,4 +349,6 @@ class Swim:
         if rumor.generation >= self.generation:
             self.generation = rumor.generation + 1
             self._aware(1)  # being suspected hints that we are slow
-            self._spread(Rumor("alive", self.self_id, self.incarnation, self.generation, self.self_id))
+            self._spread(
+                Rumor("alive", self.self_id, self.incarnation, self.generation, self.self_id), own=True
+            )

@@ -130,6 +130,24 @@ def _choice(option: str, choices: Any) -> Any:
     return coerce
 
 
+#: The listen queue of a TCP endpoint given without C{backlog=}: Twisted's
+#: default of 50 overflowed when the 99 peers of a node in a cluster of 100
+#: connected to push a write each at once (the kernel drops the SYNs, and
+#: the peers retry a second later).
+LISTEN_BACKLOG = 1024
+
+
+def with_backlog(description: str) -> str:
+    """
+    C{description}, with C{backlog=LISTEN_BACKLOG} if it is a TCP endpoint
+    that does not say.
+    """
+    kind = description.split(":", 1)[0].lower()
+    if kind in ("tcp", "tcp6") and "backlog=" not in description:
+        return f"{description}:backlog={LISTEN_BACKLOG}"
+    return description
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
@@ -139,7 +157,12 @@ class Options(usage.Options):
     )
     optParameters = [
         ["port", "p", None, "HTTP port [default: $PORT, else 8088].", _port_option("--port")],
-        ["listen", None, None, "Endpoint to serve HTTP on [default: tcp:PORT]."],
+        [
+            "listen",
+            None,
+            None,
+            f"Endpoint to serve HTTP on [default: tcp:PORT]; TCP gets backlog={LISTEN_BACKLOG} unless given.",
+        ],
         [
             "advertise",
             None,
@@ -362,6 +385,7 @@ class Options(usage.Options):
         port = self["port"]
         if self["listen"] is None:
             self["listen"] = f"tcp:{port}"
+        self["listen"] = with_backlog(self["listen"])
         try:
             if self["advertise"] is None:
                 self["advertise"] = f"{outbound_ip()}:{port}"

@@ -137,6 +137,26 @@ def test_each_rumor_is_sent_a_bounded_number_of_times() -> None:
     assert swim.rumors() == ()
 
 
+def test_only_what_a_node_saw_itself_is_news() -> None:
+    """
+    A rumor heard from another member travels on the messages already sent;
+    only what this node found itself is worth a message of its own (else
+    every event would cost each of the N nodes a message).
+    """
+    swim, m = swim_with(3)
+    swim.received([Rumor("suspect", peer(0), "boot0", 0, peer(1))], now=1.0)
+    swim.received([Rumor("dead", peer(2), "boot2", 0, peer(1))], now=1.0)
+    assert (m.get(peer(0)).state, m.get(peer(2)).state) == (SUSPECT, DEAD)
+    assert not swim.news()
+    assert sorted(r.kind for r in swim.rumors()) == ["dead", "suspect"]  # still passed on
+    swim.unreachable(peer(1), 1.0, asked=0, nacks=0)
+    assert swim.news()
+    assert [r.node for r in swim.rumors() if r.kind == "suspect" and r.source == SELF] == [peer(1)]
+    assert not swim.news()
+    swim.tick(100.0)  # both suspicions run out here: this node's own finding
+    assert swim.news()
+
+
 def test_local_health_scales_the_probe_timeout() -> None:
     """Lifeguard: helpers that send no nack raise awareness (and the timeout); answers lower it."""
     swim, _ = swim_with(5, probe_timeout=0.5)

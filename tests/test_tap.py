@@ -41,7 +41,7 @@ def test_defaults() -> None:
     """With no arguments and no environment: port 8088, no peers, discovery on."""
     o = parse(*ADVERTISE)
     assert o["port"] == 8088
-    assert o["listen"] == "tcp:8088"
+    assert o["listen"] == "tcp:8088:backlog=1024"
     assert o["peers"] == []
     assert o["cluster"] == "dcounter"
     assert o["discovery-port"] == 7000
@@ -59,7 +59,7 @@ def test_port_and_peers_from_environment() -> None:
     """PORT and PEERS come from the environment, as in the original."""
     o = parse(*ADVERTISE, environ={"PORT": "9200", "PEERS": "10.0.0.2:9200, 10.0.0.3:9200,"})
     assert o["port"] == 9200
-    assert o["listen"] == "tcp:9200"
+    assert o["listen"] == "tcp:9200:backlog=1024"
     assert o["peers"] == ["10.0.0.2:9200", "10.0.0.3:9200"]
     assert o["data-dir"] == str(Path("dcounter-data") / "9200")
 
@@ -358,3 +358,19 @@ def test_plugin_is_found() -> None:
     assert maker.options is Options
     assert maker.makeService is makeService
     assert maker.description
+
+
+@pytest.mark.parametrize(
+    "given, used",
+    [
+        ("tcp:9000", "tcp:9000:backlog=1024"),
+        ("tcp6:9000:interface=\\:\\:1", "tcp6:9000:interface=\\:\\:1:backlog=1024"),
+        ("tcp:9000:backlog=5", "tcp:9000:backlog=5"),
+        ("unix:/tmp/dcounter.sock", "unix:/tmp/dcounter.sock"),
+    ],
+)
+def test_a_tcp_listen_queue_is_long_enough_for_a_large_cluster(given: str, used: str) -> None:
+    """Twisted's default backlog of 50 overflowed when 99 peers pushed at once."""
+    o = Options()
+    o.parseOptions(["--listen", given, "--advertise", "127.0.0.1:9000"])
+    assert o["listen"] == used
