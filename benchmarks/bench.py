@@ -10,7 +10,7 @@ and the load average to benchmarks/results/.
    twisted.web resource and a bare Klein route.
 2. replication.py: a three-node cluster: increments/s while replicating,
    replication lag at rest and at half the maximum rate.
-3. scale.py: 10 and 50 nodes (--sizes 10,50,100 for 100), packed 10 nodes
+3. scale.py: 10, 50 and 100 nodes (--sizes to choose), packed 10 nodes
    to a process (benchmarks/multinode.py).
 4. memory.py: RSS at rest and after 1,000,000 increments over 10,000
    counters; idle anti-entropy bytes per round.
@@ -132,7 +132,7 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="every benchmark in its quick mode (~3 min)")
     parser.add_argument("--only", help="comma-separated: hotpath, replication, scale, memory")
-    parser.add_argument("--sizes", help="cluster sizes for the scale benchmark [10,50]")
+    parser.add_argument("--sizes", help="cluster sizes for the scale benchmark [10,50,100]")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="where to write results")
     args = parser.parse_args()
     chosen = args.only.split(",") if args.only else ["hotpath", "replication", "scale", "memory"]

@@ -3,7 +3,7 @@ Benchmark 3: scale.  N nodes on this host, packed K to a process
 (benchmarks/multinode.py: K whole nodes on one reactor), finding each other
 by UDP broadcast (no --peers), in memory.
 
-    python benchmarks/scale.py [--quick] [--sizes 10,50] [--per-process K]
+    python benchmarks/scale.py [--quick] [--sizes 10,50,100] [--per-process K]
         [--watch S] [--bound S] [-- node options...]
 
 100 Python processes do not fit 2 cores (starting 50 alone took 86 s), so by
@@ -312,7 +312,7 @@ def run(
     verbose: bool = False,
     rolling: bool = True,
 ) -> list[dict[str, float | str]]:
-    sizes = sizes or ([10] if quick else [10, 50])
+    sizes = sizes or ([10] if quick else [10, 50, 100])
     bound = bound or (20.0 if quick else 30.0)
     watch = watch or (10.0 if quick else 60.0)
     rows = []
@@ -342,7 +342,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="10 nodes, shorter bounds and watch")
-    parser.add_argument("--sizes", help="comma-separated cluster sizes [10,50]")
+    parser.add_argument("--sizes", help="comma-separated cluster sizes [10,50,100]")
     parser.add_argument("--per-process", type=int, default=PER_PROCESS, help="nodes per process [10]")
     parser.add_argument("--watch", type=float, help="seconds of idling watched for suspicions [60]")
     parser.add_argument("--bound", type=float, help="seconds to wait for a full mesh [30]")
