@@ -39,7 +39,7 @@ from zope.interface import implementer
 from dcounter import __version__, keyring, logs, wire
 from dcounter.admission import Admission
 from dcounter.api import CounterAPI, CounterSite
-from dcounter.client import BytesProducer, PeerClient
+from dcounter.client import AgentRequests, BytesProducer, PeerClient
 from dcounter.discovery import Discovery, DNSJoin, default_broadcasts
 from dcounter.health import HealthChecker
 from dcounter.membership import Membership
@@ -500,6 +500,7 @@ def assemble(
     clock: Any,
     http: Any,
     *,
+    replication_http: Any = None,
     metrics: Metrics | None = None,
     membership: Membership | None = None,
     discovery: DiscoveryFactory | None = None,
@@ -509,7 +510,9 @@ def assemble(
     Wire one node's parts, with the settings of C{options} (L{Options}'
     keys), its C{store}, a C{clock} (the reactor, or a Clock) and C{http},
     what peer requests go through (treq's C{request}: an C{HTTPClient}, or
-    a C{StubTreq}).  Nothing is started.
+    a C{StubTreq}), and C{replication_http} what pushes and digests go
+    through, if not C{http} (L{dcounter.client.AgentRequests}).  Nothing is
+    started.
     """
     node_id = store.identity.node_id
     metrics = metrics if metrics is not None else Metrics()
@@ -534,7 +537,9 @@ def assemble(
     )
     keys = keyring.Keyring(options["keys"])
     guard = keyring.Guard(keys, node_id)
-    client = PeerClient(http, clock, timeout=timeout, metrics=metrics, guard=guard)
+    client = PeerClient(
+        http, clock, timeout=timeout, metrics=metrics, guard=guard, replication_http=replication_http
+    )
     admission = Admission(membership, options["cluster"], keyring=keys, retry_after=3 * interval)
     health = HealthChecker(
         node,
@@ -622,11 +627,13 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             guard=guard,
         )
 
+    agent = _peer_agent(reactor, timeout=options["probe-timeout"])
     parts = assemble(
         options,
         store,
         reactor,
-        _http_client(reactor, timeout=options["probe-timeout"]),
+        HTTPClient(agent, data_to_body_producer=BytesProducer),
+        replication_http=AgentRequests(agent),
         metrics=metrics,
         discovery=None if options["no-discovery"] else discovery,
     )
@@ -785,13 +792,10 @@ class PeerEndpoints:
         return endpoints.TCP4ClientEndpoint(self.reactor, host, uri.port, timeout=self.timeout)
 
 
-def _http_client(reactor: Any, timeout: float) -> HTTPClient:
+def _peer_agent(reactor: Any, timeout: float) -> Agent:
     """
-    The client for peer requests: persistent connections, so that pushes and
+    The agent for peer requests: persistent connections, so that pushes and
     probes reuse them, and a connect timeout like the request's.
     """
     pool = _QuietPool(reactor, persistent=True)
-    return HTTPClient(
-        Agent.usingEndpointFactory(reactor, PeerEndpoints(reactor, timeout), pool=pool),
-        data_to_body_producer=BytesProducer,
-    )
+    return Agent.usingEndpointFactory(reactor, PeerEndpoints(reactor, timeout), pool=pool)

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 
-from treq.testing import StubTreq
+from treq.testing import RequestTraversalAgent, StubTreq
 from twisted.internet.defer import TimeoutError
 from twisted.internet.task import Clock
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from dcounter.client import PeerClient, PeerError
+from dcounter import wire
+from dcounter.client import AgentRequests, PeerClient, PeerError
 from tests.support import failure_of, result_of
 
 HELLO = {"status": "ok", "node_id": "127.0.0.1:9002", "incarnation": "i", "cluster": "c"}
@@ -75,3 +76,41 @@ def test_an_error_answer_does_not_echo_the_body() -> None:
     assert failure.check(PeerError)
     assert "404" in failure.getErrorMessage()
     assert "secret" not in failure.getErrorMessage()
+
+
+class Recorder(Resource):
+    """A fake peer that records each request and answers C{body}."""
+
+    isLeaf = True
+
+    def __init__(self, body: bytes) -> None:
+        super().__init__()
+        self.body = body
+        self.seen: list[tuple[bytes, bytes, bytes | None, bytes]] = []
+
+    def render(self, request):
+        self.seen.append(
+            (request.method, request.path, request.getHeader(b"content-type"), request.content.read())
+        )
+        return self.body
+
+
+def test_pushes_go_straight_to_the_agent_and_probes_through_treq() -> None:
+    """
+    Replication's requests skip treq's wrappers (AgentRequests) and say the
+    same; a probe still goes through treq.
+    """
+    clock = Clock()
+    probed, synced = Recorder(json.dumps(HELLO).encode()), Recorder(b'{"ok":true}')
+    agent = RequestTraversalAgent(synced)
+    peer = PeerClient(StubTreq(probed), clock, timeout=0.5, replication_http=AgentRequests(agent))
+    push = wire.Sync("127.0.0.1:9001", "i", "c", {"x": {"127.0.0.1:9001/i": (2, 1)}})
+    d = peer.sync("127.0.0.1:9002", push)
+    agent.flush()
+    assert result_of(d) is None
+    ((method, path, content_type, body),) = synced.seen
+    assert (method, path, content_type) == (b"POST", b"/sync", b"application/json")
+    assert json.loads(body) == json.loads(json.dumps(wire.encode_sync(push)))
+    assert result_of(peer.hello("127.0.0.1:9002")).node_id == "127.0.0.1:9002"
+    assert [seen[1] for seen in probed.seen] == [b"/health"]
+    assert len(synced.seen) == 1
