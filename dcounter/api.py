@@ -566,6 +566,8 @@ class _Root(Resource):
             path = raw.decode() if raw.isascii() and b"%" not in raw else self._decoded(request)
         except UnicodeDecodeError:
             return self._not_utf8(request)
+        if path.startswith("//"):  # as Klein routes it: its segments joined
+            path = path[1:]
         try:
             self.api.authorize(request, path)
         except Unauthorized as e:
@@ -582,6 +584,11 @@ class _Root(Resource):
 
     @staticmethod
     def _decoded(request: Any) -> str:
+        """
+        The path Klein routes: the percent-decoded segments joined, so that
+        C{/%2Fregister} is C{//register}, then C{/register} (L{render}).
+        Who may call what is decided on it, not on the raw path.
+        """
         return "/" + b"/".join(request.postpath).decode("utf-8")
 
     @staticmethod

@@ -168,3 +168,18 @@ def test_a_keyed_seed_by_another_name_is_admitted() -> None:
     net.settle()
     assert a.membership.live() == [b.id]
     assert a.health.admission.counts["admitted"] == 1
+
+
+@pytest.mark.parametrize("spelling", ["//register", "/%2Fregister", "//remove-peer", "/%2fremove-peer"])
+def test_an_operator_endpoint_spelled_otherwise_still_needs_the_token(spelling: str) -> None:
+    """
+    Klein routes '//register' and '/%2Fregister' to /register (it joins the
+    path's segments): who may call it is decided on the path Klein routes.
+    """
+    net = Network()
+    a, b = keyed(net, 9001), keyed(net, 9002)
+    net.call("POST", a.id, "/register", json={"id": b.id}, headers=bearer(TOKEN))
+    before = a.membership.known()
+    reply = net.call("POST", a.id, spelling, json={"id": b.id if "remove" in spelling else "127.0.0.1:9003"})
+    assert reply.code == 401, reply
+    assert a.membership.known() == before
