@@ -243,7 +243,9 @@ class Swim:
         current = self._suspicions.get(peer)
         if current is not None and current.generation == generation:
             if current.confirm(source):  # passed on, so that others count it too
-                self._spread(Rumor("suspect", peer, incarnation, generation, source))
+                self._spread(
+                    Rumor("suspect", peer, incarnation, generation, source), own=source == self.self_id
+                )
             return
         min_timeout, max_timeout, expected = self.suspicion_timeouts()
         suspicion = Suspicion(generation, now, min_timeout, max_timeout, expected, heard_from={source})
@@ -264,7 +266,10 @@ class Swim:
                 del self._suspicions[peer]
                 known = self.membership.get(peer)
                 if known is not None and known.state is PeerState.SUSPECT:
-                    self._declare_dead(peer, known.incarnation or "", suspicion.generation, now, own=True)
+                    # This node's finding only if its own probe took part:
+                    # else every node would gossip each death.
+                    own = self.self_id in suspicion.heard_from
+                    self._declare_dead(peer, known.incarnation or "", suspicion.generation, now, own=own)
                     dead.append(peer)
         return dead
 
@@ -281,6 +286,9 @@ class Swim:
     # Dissemination.
 
     def _spread(self, rumor: Rumor, own: bool = False) -> None:
+        replaced = self._queue.get(rumor.node)
+        if replaced is not None and replaced.own and replaced.sent == 0:
+            own = True  # news of ours not gossiped yet stays news
         self._queue[rumor.node] = _Queued(rumor, own)
 
     def _changed(self, peer: str, old: PeerState | None, new: PeerState | None) -> None:

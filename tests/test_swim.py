@@ -157,6 +157,25 @@ def test_only_what_a_node_saw_itself_is_news() -> None:
     assert swim.news()
 
 
+def test_a_death_is_news_only_where_its_suspicion_was_found() -> None:
+    """
+    Every node's own timer ends a suspicion it heard of; only the nodes
+    whose probe found it gossip the death at once (else each death cost 3N
+    messages).
+    """
+    swim, m = swim_with(3)
+    swim.received([Rumor("suspect", peer(0), "boot0", 0, peer(1))], now=1.0)
+    swim.rumors()
+    swim.tick(100.0)
+    assert m.get(peer(0)).state is DEAD
+    assert not swim.news()
+    swim.unreachable(peer(2), 100.0, asked=0, nacks=0)
+    swim.rumors()
+    swim.tick(200.0)
+    assert m.get(peer(2)).state is DEAD
+    assert swim.news()
+
+
 def test_local_health_scales_the_probe_timeout() -> None:
     """Lifeguard: helpers that send no nack raise awareness (and the timeout); answers lower it."""
     swim, _ = swim_with(5, probe_timeout=0.5)
