@@ -136,8 +136,9 @@ class Replicator(TimerService):
         self._pushed_at: dict[str, float] = {}
         #: Whether the last flush left peers waiting for room (L{MAX_PUSHES}).
         self._crowded = False
-        #: Senders refused as not admitted (yet), at most L{CONTACTED_MAX}.
-        self._contacted: set[str] = set()
+        #: Senders refused as not admitted (yet), in order, at most
+        #: L{CONTACTED_MAX} (the oldest go).
+        self._contacted: dict[str, None] = {}
         self._flush_call: Any = None
         #: The digest of our outgoing state, and the node's version it is of.
         self._digest: tuple[int, bytes] | None = None
@@ -357,7 +358,7 @@ class Replicator(TimerService):
     #: a write on every node at once otherwise had each node open 99
     #: connections at once, queueing past the pushes' and probes' timeouts,
     #: and the retries and suspicions that followed kept it saturated.
-    MAX_PUSHES = 16
+    MAX_PUSHES = 4
 
     def flush(self) -> None:
         """
@@ -406,6 +407,9 @@ class Replicator(TimerService):
             # anti-entropy round), unless the peer has left meanwhile; not
             # at once, which would retry a dead peer in a busy loop.
             self._in_flight.discard(peer)
+            # To the back of the line: a slow or dead peer must not take the
+            # room first again while the others wait.
+            self._pushed_at[peer] = self.clock.seconds()
             if peer in self._outbox:
                 self._outbox[peer].update(keys)
                 if idem:
@@ -602,7 +606,7 @@ class Replicator(TimerService):
         if new is PeerState.ALIVE and old in (None, PeerState.DEAD):
             self._outbox.setdefault(peer, set())
             contacted = peer in self._contacted
-            self._contacted.discard(peer)
+            self._contacted.pop(peer, None)
             if contacted or self._rng.random() * len(self.membership.live()) < self.JOIN_ROUNDS:
                 # Not from inside the membership change: its answer may
                 # change membership again.
@@ -675,8 +679,10 @@ class Replicator(TimerService):
         if cluster != self.node.cluster:
             raise WrongCluster(f"this node belongs to cluster {self.node.cluster!r}, not {cluster!r}")
         if not self.admission.is_member(sender):
-            if len(self._contacted) < self.CONTACTED_MAX:
-                self._contacted.add(sender)
+            self._contacted.pop(sender, None)
+            self._contacted[sender] = None
+            if len(self._contacted) > self.CONTACTED_MAX:
+                del self._contacted[next(iter(self._contacted))]
             self.consider(sender, contact=True)
             raise NotMember(f"{sender} is not a member admitted by this node")
 

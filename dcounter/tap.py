@@ -16,6 +16,7 @@ import errno
 import ipaddress
 import os
 import platform
+import re
 import signal
 import socket
 from collections.abc import Callable, Mapping
@@ -142,10 +143,13 @@ def with_backlog(description: str) -> str:
     C{description}, with C{backlog=LISTEN_BACKLOG} if it is a TCP endpoint
     that does not say.
     """
-    kind = description.split(":", 1)[0].lower()
-    if kind in ("tcp", "tcp6") and "backlog=" not in description:
-        return f"{description}:backlog={LISTEN_BACKLOG}"
-    return description
+    fields = re.split(r"(?<!\\):", description)
+    kind, positional = fields[0].lower(), [f for f in fields[1:] if "=" not in f]
+    # Where a backlog goes positionally: tcp:PORT:INTERFACE:BACKLOG, tcp6:PORT:BACKLOG.
+    slot = {"tcp": 2, "tcp6": 1}.get(kind)
+    if slot is None or len(positional) > slot or any(f.startswith("backlog=") for f in fields[1:]):
+        return description
+    return f"{description}:backlog={LISTEN_BACKLOG}"
 
 
 class Options(usage.Options):

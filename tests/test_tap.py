@@ -366,6 +366,8 @@ def test_plugin_is_found() -> None:
         ("tcp:9000", "tcp:9000:backlog=1024"),
         ("tcp6:9000:interface=\\:\\:1", "tcp6:9000:interface=\\:\\:1:backlog=1024"),
         ("tcp:9000:backlog=5", "tcp:9000:backlog=5"),
+        ("tcp:9000:0.0.0.0:128", "tcp:9000:0.0.0.0:128"),
+        ("tcp6:9000:128", "tcp6:9000:128"),
         ("unix:/tmp/dcounter.sock", "unix:/tmp/dcounter.sock"),
     ],
 )
