@@ -57,7 +57,7 @@ not be delivered is logged.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any
 
@@ -266,9 +266,7 @@ class Replicator(TimerService):
             idem = self._gossip_keys if key in self._gossip else set()
             for peer in self.membership.live():
                 if not _covers(self._holds.get(peer, {}).get(key), slot):
-                    self._outbox.setdefault(peer, set()).add(key)
-                    if idem:
-                        self._key_outbox.setdefault(peer, set()).update(idem)
+                    self._mark(peer, (key,), idem)
             self._schedule_flush()
 
         def expire() -> None:
@@ -319,15 +317,19 @@ class Replicator(TimerService):
         if self._flush_call is None:
             self._flush_call = self.clock.callLater(0, self.flush)
 
+    def _mark(self, peer: str, keys: Iterable[SlotKey], idem: Collection[str] = ()) -> None:
+        """Put C{keys}, and the idempotency keys C{idem}, in C{peer}'s outbox."""
+        self._outbox.setdefault(peer, set()).update(keys)
+        if idem:
+            self._key_outbox.setdefault(peer, set()).update(idem)
+
     def local_write(self, keys: list[SlotKey], idem: Sequence[str] = ()) -> None:
         if self.gossiping():
             self._gossip.update(keys)
             self._gossip_keys.update(idem)
         else:
             for peer in self.membership.live():
-                self._outbox.setdefault(peer, set()).update(keys)
-                if idem:
-                    self._key_outbox.setdefault(peer, set()).update(idem)
+                self._mark(peer, keys, idem)
         self._schedule_flush()
 
     def _forward(self, sender: str, grown: list[SlotKey], idem: AbstractSet[str]) -> None:
@@ -348,9 +350,7 @@ class Replicator(TimerService):
         live = self.membership.live()
         others = [peer for peer in live if peer not in self._gossip_from]
         for peer in self._rng.sample(others, min(self.push_fanout, len(others))):
-            self._outbox.setdefault(peer, set()).update(self._gossip)
-            if self._gossip_keys:
-                self._key_outbox.setdefault(peer, set()).update(self._gossip_keys)
+            self._mark(peer, self._gossip, self._gossip_keys)
         self._gossip, self._gossip_keys, self._gossip_from = set(), set(), set()
 
     #: Pushes in flight at most, to all peers together.  The others wait,
@@ -411,9 +411,7 @@ class Replicator(TimerService):
             # room first again while the others wait.
             self._pushed_at[peer] = self.clock.seconds()
             if peer in self._outbox:
-                self._outbox[peer].update(keys)
-                if idem:
-                    self._key_outbox.setdefault(peer, set()).update(idem)
+                self._mark(peer, keys, idem)
             self.log.debug("push to {peer} failed: {reason}", peer=peer, reason=reason.value)
 
         d.addCallbacks(sent, failed)
