@@ -43,6 +43,16 @@ SERVER_CORE = "0"
 CLIENT_CORE = "1"
 
 
+def split_node_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """
+    A script's own arguments, and those after C{--}, which go to every node.
+    """
+    if "--" not in argv:
+        return argv, []
+    split = argv.index("--")
+    return argv[:split], argv[split + 1 :]
+
+
 def pinned(core: str) -> list[str]:
     """
     A command prefix that pins a process to C{core}, if taskset is here and

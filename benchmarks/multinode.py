@@ -38,15 +38,13 @@ import argparse
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from common import split_node_args
+from twisted.application.service import MultiService, Service
+from twisted.internet import reactor
+from twisted.logger import globalLogBeginner
 
-from twisted.application.service import MultiService, Service  # noqa: E402
-from twisted.internet import reactor  # noqa: E402
-from twisted.logger import globalLogBeginner  # noqa: E402
-
-from dcounter import logs  # noqa: E402
-from dcounter.tap import Options, makeService  # noqa: E402
+from dcounter import logs
+from dcounter.tap import Options, makeService
 
 
 def node_options(port: int, host: str, common: list[str]) -> Options:
@@ -74,11 +72,7 @@ def node_options(port: int, host: str, common: list[str]) -> Options:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    common: list[str] = []
-    if "--" in argv:
-        split = argv.index("--")
-        argv, common = argv[:split], argv[split + 1 :]
+    argv, common = split_node_args(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

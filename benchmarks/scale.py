@@ -47,7 +47,16 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import ROOT, Client, free_port, free_ports, metrics_sum, process_cpu_seconds, wait_for
+from common import (
+    ROOT,
+    Client,
+    free_port,
+    free_ports,
+    metrics_sum,
+    process_cpu_seconds,
+    split_node_args,
+    wait_for,
+)
 
 PUSHES = "dcounter_replication_pushes_total"
 PUSH_BYTES = "dcounter_replication_push_bytes_total"
@@ -333,11 +342,7 @@ def show(value: float | str) -> str:
 
 
 def main() -> None:
-    argv = sys.argv[1:]
-    node_args: list[str] = []
-    if "--" in argv:
-        split = argv.index("--")
-        argv, node_args = argv[:split], argv[split + 1 :]
+    argv, node_args = split_node_args(sys.argv[1:])
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
