@@ -10,7 +10,8 @@ that contacted us, an operator's /register) becomes a peer only if:
     operator registers it again;
   - it is not probed too often: one probe at a time per name, none for
     C{retry_after} seconds after one failed (unless the node itself just
-    contacted us), and at most C{max_candidates} probes in flight at once;
+    contacted us), and at most L{Admission.MAX_CANDIDATES} probes in flight
+    at once, the names heard of meanwhile waiting their turn;
   - it answered a probe as the node it claims to be, in our cluster;
   - with a cluster key set, that answer carried a valid MAC.
 
@@ -53,8 +54,17 @@ class AdmissionError(Exception):
 class Admission:
     #: At most this many probes of names heard of at once: a flood of
     #: forged announcements or gossip cannot make this node open
-    #: connections without bound.  Dropped names are heard of again later.
-    MAX_CANDIDATES = 32
+    #: connections without bound, and a cluster started all at once does
+    #: not bury itself in admission probes: 100 nodes started together on
+    #: 2 cores (10 to a process) all answered after 22 s with 4 (50 s with
+    #: 8), and after 105 s, 109 s, or not within 120 s with 32.
+    MAX_CANDIDATES = 4
+    #: Names heard of while every probe slot is taken wait here, in the
+    #: order heard, for L{next_waiting}; past this many, or after
+    #: L{WAIT_AT_MOST} seconds, they are dropped (a real node is heard of
+    #: again: announcements and gossip repeat).
+    MAX_WAITING = 1024
+    WAIT_AT_MOST = 30.0
 
     def __init__(
         self,
@@ -75,6 +85,8 @@ class Admission:
         self.retry_after = retry_after
         self._probing: set[str] = set()
         self._rejected_until: dict[str, float] = {}
+        #: name -> (when it was heard of, whether it contacted us): oldest first.
+        self._waiting: dict[str, tuple[float, bool]] = {}
         #: Admissions that succeeded, that failed, and names dropped
         #: unprobed (too many in flight), since start.
         self.counts = {"admitted": 0, "rejected": 0, "dropped": 0}
@@ -116,10 +128,35 @@ class Admission:
             return False
         if not contact and self._rejected_until.get(address, 0.0) > now:
             return False
-        if len(self._probing) >= self.MAX_CANDIDATES:
-            self.counts["dropped"] += 1
+        if not self.room():
+            if address in self._waiting:
+                since, contacted = self._waiting[address]
+                self._waiting[address] = (since, contacted or contact)
+            elif len(self._waiting) < self.MAX_WAITING:
+                self._waiting[address] = (now, contact)
+            else:
+                self.counts["dropped"] += 1
             return False
+        self._waiting.pop(address, None)
         return True
+
+    def room(self) -> bool:
+        """Whether a probe of a name heard of may start now."""
+        return len(self._probing) < self.MAX_CANDIDATES
+
+    def next_waiting(self, now: float) -> tuple[str, bool] | None:
+        """
+        Take the name that has waited longest for a probe slot, and whether
+        it contacted us; None if none waits.  Names that waited more than
+        L{WAIT_AT_MOST} seconds are dropped on the way.
+        """
+        while self._waiting:
+            address = next(iter(self._waiting))
+            since, contact = self._waiting.pop(address)
+            if now - since <= self.WAIT_AT_MOST:
+                return address, contact
+            self.counts["dropped"] += 1
+        return None
 
     def probing(self, address: str) -> None:
         """

@@ -252,6 +252,18 @@ class HealthChecker:
 
         self.admit(address, expected_id=address).addErrback(rejected)
 
+    def _next_candidates(self) -> None:
+        """
+        Probe slots are free: take the names that waited for one, oldest
+        first, until the slots are full again or none waits.
+        """
+        while self.admission.room():
+            waiting = self.admission.next_waiting(self.clock.seconds())
+            if waiting is None:
+                return
+            address, contact = waiting
+            self.consider(address, contact=contact)
+
     def admit(self, address: str, expected_id: str | None = None, *, force: bool = False) -> Deferred[str]:
         """
         Probe C{address}; admit it if L{Admission} accepts its answer.
@@ -289,6 +301,7 @@ class HealthChecker:
                 self._contacted.discard(address)
                 if failed:
                     self.consider(address, contact=True)
+            self._next_candidates()
             return result
 
         return d.addBoth(done)

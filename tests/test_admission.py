@@ -92,14 +92,40 @@ def test_an_operators_failed_registration_is_not_held_against_a_name():
     assert adm.should_probe(A, 1.0)
 
 
-def test_probes_in_flight_are_bounded():
-    adm = admission()
-    for i in range(Admission.MAX_CANDIDATES):
-        name = f"10.0.1.{i}:1"
+def fill_probe_slots(adm: Admission) -> list[str]:
+    names = [f"10.0.1.{i}:1" for i in range(Admission.MAX_CANDIDATES)]
+    for name in names:
         assert adm.should_probe(name, 0.0)
         adm.probing(name)
+    return names
+
+
+def test_probes_in_flight_are_bounded_and_the_others_wait_in_order():
+    adm = admission()
+    first, *_ = fill_probe_slots(adm)
+    assert not adm.room()
     assert not adm.should_probe("10.0.2.1:1", 0.0)
-    assert adm.counts["dropped"] == 1
+    assert not adm.should_probe("10.0.2.2:1", 0.0, contact=True)
+    assert not adm.should_probe("10.0.2.1:1", 0.5, contact=True)  # heard again: keeps its place
+    adm.done(first, True, 1.0)
+    assert adm.room()
+    assert adm.next_waiting(1.0) == ("10.0.2.1:1", True)
+    assert adm.next_waiting(1.0) == ("10.0.2.2:1", True)
+    assert adm.next_waiting(1.0) is None
+    assert adm.counts["dropped"] == 0
+
+
+def test_waiting_names_are_bounded_in_number_and_in_time():
+    adm = admission()
+    fill_probe_slots(adm)
+    for i in range(Admission.MAX_WAITING + 5):
+        assert not adm.should_probe(f"10.1.{i // 250}.{i % 250}:1", 0.0)
+    assert adm.counts["dropped"] == 5
+    later = Admission.WAIT_AT_MOST + 1
+    assert adm.next_waiting(later) is None  # every one waited too long
+    assert adm.counts["dropped"] == 5 + Admission.MAX_WAITING
+    assert not adm.should_probe("10.9.9.9:1", later)
+    assert adm.next_waiting(later) == ("10.9.9.9:1", False)
 
 
 def test_members_are_names_in_the_table():
