@@ -59,8 +59,10 @@ class Admission:
     #: 2 cores (10 to a process) all answered after 22 s with 4 (50 s with
     #: 8), and after 105 s, 109 s, or not within 120 s with 32.
     MAX_CANDIDATES = 4
-    #: Names heard of while every probe slot is taken wait here, in the
-    #: order heard, for L{next_waiting}; past this many, or after
+    #: Names heard of while every probe slot is taken wait for
+    #: L{next_waiting}, in the order heard, those that contacted us over
+    #: HTTP (a real connection, not a datagram or gossip anyone may send)
+    #: ahead of the others; past this many in a line, or after
     #: L{WAIT_AT_MOST} seconds, they are dropped (a real node is heard of
     #: again: announcements and gossip repeat).
     MAX_WAITING = 1024
@@ -85,10 +87,12 @@ class Admission:
         self.retry_after = retry_after
         self._probing: set[str] = set()
         self._rejected_until: dict[str, float] = {}
-        #: name -> (when it was heard of, whether it contacted us): oldest first.
-        self._waiting: dict[str, tuple[float, bool]] = {}
+        #: The two lines of names waiting for a probe: name -> when it was
+        #: heard of, oldest first.
+        self._contacted: dict[str, float] = {}
+        self._heard: dict[str, float] = {}
         #: Admissions that succeeded, that failed, and names dropped
-        #: unprobed (too many in flight), since start.
+        #: unprobed (the waiting line full, or waited too long), since start.
         self.counts = {"admitted": 0, "rejected": 0, "dropped": 0}
 
     # Who may change our state.
@@ -129,16 +133,35 @@ class Admission:
         if not contact and self._rejected_until.get(address, 0.0) > now:
             return False
         if not self.room():
-            if address in self._waiting:
-                since, contacted = self._waiting[address]
-                self._waiting[address] = (since, contacted or contact)
-            elif len(self._waiting) < self.MAX_WAITING:
-                self._waiting[address] = (now, contact)
-            else:
-                self.counts["dropped"] += 1
+            self._wait(address, now, contact)
             return False
-        self._waiting.pop(address, None)
+        self._contacted.pop(address, None)
+        self._heard.pop(address, None)
         return True
+
+    def _wait(self, address: str, now: float, contact: bool) -> None:
+        line = self._contacted if contact else self._heard
+        if address in line:
+            return  # keeps its place
+        self._expire(line, now)
+        if len(line) >= self.MAX_WAITING:
+            self.counts["dropped"] += 1
+            return
+        if contact:
+            # It moves up to the line of those that contacted us.
+            self._heard.pop(address, None)
+        elif address in self._contacted:
+            return
+        line[address] = now
+
+    def _expire(self, line: dict[str, float], now: float) -> None:
+        """Drop the names at the front of C{line} that waited too long."""
+        while line:
+            address, since = next(iter(line.items()))
+            if now - since <= self.WAIT_AT_MOST:
+                return
+            del line[address]
+            self.counts["dropped"] += 1
 
     def room(self) -> bool:
         """Whether a probe of a name heard of may start now."""
@@ -146,16 +169,17 @@ class Admission:
 
     def next_waiting(self, now: float) -> tuple[str, bool] | None:
         """
-        Take the name that has waited longest for a probe slot, and whether
-        it contacted us; None if none waits.  Names that waited more than
-        L{WAIT_AT_MOST} seconds are dropped on the way.
+        Take the next name waiting for a probe slot (those that contacted
+        us first, then the longest waiting), and whether it contacted us;
+        None if none waits.  Names that waited more than L{WAIT_AT_MOST}
+        seconds are dropped on the way.
         """
-        while self._waiting:
-            address = next(iter(self._waiting))
-            since, contact = self._waiting.pop(address)
-            if now - since <= self.WAIT_AT_MOST:
+        for line, contact in ((self._contacted, True), (self._heard, False)):
+            self._expire(line, now)
+            if line:
+                address = next(iter(line))
+                del line[address]
                 return address, contact
-            self.counts["dropped"] += 1
         return None
 
     def probing(self, address: str) -> None:

@@ -67,6 +67,7 @@ class HealthChecker:
         self._seed_ids: dict[str, str] = {}
         self._contacted: set[str] = set()
         self._seed_failures: dict[str, int] = {}
+        self._next_call: Any = None
         self.admission = admission or Admission(membership, node.cluster, retry_after=3 * interval)
         membership.subscribe(self._log_change)
 
@@ -252,11 +253,19 @@ class HealthChecker:
 
         self.admit(address, expected_id=address).addErrback(rejected)
 
+    def _schedule_next_candidates(self) -> None:
+        # Not at once: a probe may end inside admit() (a request that fails
+        # before it is sent), and each taking the next from there would
+        # nest one call deeper per waiting name.
+        if self._next_call is None:
+            self._next_call = self.clock.callLater(0, self._next_candidates)
+
     def _next_candidates(self) -> None:
         """
-        Probe slots are free: take the names that waited for one, oldest
-        first, until the slots are full again or none waits.
+        Probe slots are free: take the names that waited for one, in turn,
+        until the slots are full again or none waits.
         """
+        self._next_call = None
         while self.admission.room():
             waiting = self.admission.next_waiting(self.clock.seconds())
             if waiting is None:
@@ -301,7 +310,7 @@ class HealthChecker:
                 self._contacted.discard(address)
                 if failed:
                     self.consider(address, contact=True)
-            self._next_candidates()
+            self._schedule_next_candidates()
             return result
 
         return d.addBoth(done)

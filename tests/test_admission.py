@@ -101,16 +101,25 @@ def fill_probe_slots(adm: Admission) -> list[str]:
 
 
 def test_probes_in_flight_are_bounded_and_the_others_wait_in_order():
+    """
+    Past MAX_CANDIDATES, names wait: those that contacted us first (a name
+    heard of that then contacts us moves to their line), then the others,
+    each line in the order heard.
+    """
     adm = admission()
     first, *_ = fill_probe_slots(adm)
     assert not adm.room()
     assert not adm.should_probe("10.0.2.1:1", 0.0)
-    assert not adm.should_probe("10.0.2.2:1", 0.0, contact=True)
-    assert not adm.should_probe("10.0.2.1:1", 0.5, contact=True)  # heard again: keeps its place
+    assert not adm.should_probe("10.0.2.2:1", 0.0)
+    assert not adm.should_probe("10.0.2.3:1", 0.1, contact=True)
+    assert not adm.should_probe("10.0.2.2:1", 0.2, contact=True)
+    assert not adm.should_probe("10.0.2.1:1", 0.3)  # heard again: keeps its place
+    assert not adm.should_probe("10.0.2.3:1", 0.4)  # still among those that contacted us
     adm.done(first, True, 1.0)
     assert adm.room()
-    assert adm.next_waiting(1.0) == ("10.0.2.1:1", True)
+    assert adm.next_waiting(1.0) == ("10.0.2.3:1", True)
     assert adm.next_waiting(1.0) == ("10.0.2.2:1", True)
+    assert adm.next_waiting(1.0) == ("10.0.2.1:1", False)
     assert adm.next_waiting(1.0) is None
     assert adm.counts["dropped"] == 0
 
@@ -125,6 +134,18 @@ def test_waiting_names_are_bounded_in_number_and_in_time():
     assert adm.next_waiting(later) is None  # every one waited too long
     assert adm.counts["dropped"] == 5 + Admission.MAX_WAITING
     assert not adm.should_probe("10.9.9.9:1", later)
+    assert adm.next_waiting(later) == ("10.9.9.9:1", False)
+
+
+def test_a_full_line_of_stale_names_makes_room_for_a_new_one():
+    """Names that waited too long leave the line as soon as a new one needs their place."""
+    adm = admission()
+    fill_probe_slots(adm)
+    for i in range(Admission.MAX_WAITING):
+        adm.should_probe(f"10.1.{i // 250}.{i % 250}:1", 0.0)
+    later = Admission.WAIT_AT_MOST + 1
+    assert not adm.should_probe("10.9.9.9:1", later)
+    assert adm.counts["dropped"] == Admission.MAX_WAITING
     assert adm.next_waiting(later) == ("10.9.9.9:1", False)
 
 

@@ -337,6 +337,28 @@ def test_consider_bounds_admissions_in_flight(net: Network) -> None:
     assert a.health.admissions["dropped"] == 0
 
 
+def test_names_that_fail_at_once_do_not_pile_up_calls_nor_hold_slots(net: Network) -> None:
+    """
+    Hundreds of waiting names whose probes fail before they are sent (no
+    such node) are taken one after another, not from inside each other's
+    failure: the probe slots all come back, and a real node heard of after
+    them is admitted.
+    """
+    a, late, *held = net.add_many(2 + HealthChecker.MAX_CANDIDATES)
+    for node in held:
+        net.hold(node.id)
+        a.health.consider(node.id)
+    ghosts = [f"10.99.{i // 250}.{i % 250}:7000" for i in range(600)]
+    for address in [*ghosts, late.id]:
+        a.health.consider(address)
+    for node in held:
+        net.release(node.id)
+    net.settle()
+    assert late.id in a.membership.live()
+    assert a.health.admission.room()
+    assert a.health.admissions["rejected"] == len(ghosts)
+
+
 def test_probe_answered_by_another_node_counts_as_failed(net: Network) -> None:
     """A peer whose address now answers as a different node id has failed its probe."""
     a, b, c = net.add_many(3)
