@@ -61,8 +61,8 @@ class Admission:
     MAX_CANDIDATES = 4
     #: Names heard of while every probe slot is taken wait for
     #: L{next_waiting}, in the order heard, those that contacted us over
-    #: HTTP (a real connection, not a datagram or gossip anyone may send)
-    #: ahead of the others; past this many in a line, or after
+    #: HTTP (a connection, not a datagram or gossip; with a cluster key, an
+    #: authenticated one) ahead of the others; past this many in a line, or after
     #: L{WAIT_AT_MOST} seconds, they are dropped (a real node is heard of
     #: again: announcements and gossip repeat).
     MAX_WAITING = 1024
@@ -140,18 +140,15 @@ class Admission:
         return True
 
     def _wait(self, address: str, now: float, contact: bool) -> None:
+        if address in self._contacted or (not contact and address in self._heard):
+            return  # waiting already: it keeps its place (and the time it was first heard of)
         line = self._contacted if contact else self._heard
-        if address in line:
-            return  # keeps its place
         self._expire(line, now)
         if len(line) >= self.MAX_WAITING:
-            self.counts["dropped"] += 1
+            if address not in self._heard:  # else it waits on in the other line
+                self.counts["dropped"] += 1
             return
-        if contact:
-            # It moves up to the line of those that contacted us.
-            self._heard.pop(address, None)
-        elif address in self._contacted:
-            return
+        self._heard.pop(address, None)  # up to the line of those that contacted us
         line[address] = now
 
     def _expire(self, line: dict[str, float], now: float) -> None:

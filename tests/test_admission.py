@@ -137,6 +137,21 @@ def test_waiting_names_are_bounded_in_number_and_in_time():
     assert adm.next_waiting(later) == ("10.9.9.9:1", False)
 
 
+def test_a_name_waiting_in_one_line_is_not_dropped_when_the_other_is_full():
+    adm = admission()
+    fill_probe_slots(adm)
+    assert not adm.should_probe("10.0.3.1:1", 0.0, contact=True)
+    assert not adm.should_probe("10.0.3.2:1", 0.0)
+    for i in range(Admission.MAX_WAITING - 1):
+        adm.should_probe(f"10.1.{i // 250}.{i % 250}:1", 0.0)
+        adm.should_probe(f"10.2.{i // 250}.{i % 250}:1", 0.0, contact=True)
+    assert adm.counts["dropped"] == 0
+    assert not adm.should_probe("10.0.3.1:1", 1.0)  # waits on among those that contacted us
+    assert not adm.should_probe("10.0.3.2:1", 1.0, contact=True)  # no room there: waits on where it is
+    assert adm.counts["dropped"] == 0
+    assert adm.next_waiting(1.0) == ("10.0.3.1:1", True)
+
+
 def test_a_full_line_of_stale_names_makes_room_for_a_new_one():
     """Names that waited too long leave the line as soon as a new one needs their place."""
     adm = admission()
