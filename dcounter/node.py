@@ -145,6 +145,18 @@ class Node:
         saved = self.store.save({name: {self.replica: slot}})
         return self._answer(saved.addCallback(self._durable_one, name, slot, value), name)
 
+    def add_now(self, name: str, amount: int) -> int:
+        """
+        L{add} on a node whose store keeps nothing (in memory): the value
+        at once, without a Deferred made and fired for each write (the hot
+        path of a node in memory spent about 10 us a request on them).
+
+        @raise dcounter.counter.CounterOverflow: as L{add}, changing nothing.
+        """
+        assert self.store.keeps_nothing, "add_now is for a store that keeps nothing"
+        slot = self.counters.add(name, self.replica, amount)
+        return self._durable_one(None, name, slot, self.counters.value(name))
+
     def _durable_one(self, _: None, name: str, slot: Slot, value: int) -> int:
         self._mark_durable(name, slot)
         key = (name, self.replica)

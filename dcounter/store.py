@@ -63,6 +63,9 @@ class Store(Protocol):
     """
 
     identity: Identity
+    #: True for a store that keeps nothing (in memory): what it is given is
+    #: as durable at once as it will ever be, and its save() is a no-op.
+    keeps_nothing: bool
 
     def load(self) -> State:
         """The state stored so far."""
@@ -117,6 +120,8 @@ class MemoryStore:
     """
     Keeps nothing: every start is a new incarnation with no counters.
     """
+
+    keeps_nothing = True
 
     def __init__(self, node_id: str) -> None:
         self.identity = Identity(node_id, new_incarnation())
@@ -221,6 +226,7 @@ class SQLiteStore:
     """
 
     log = Logger()
+    keeps_nothing = False
 
     def __init__(
         self,

@@ -539,6 +539,7 @@ def test_overflow_is_a_conflict(net: Network, a: TestNode) -> None:
 
 def test_store_error_is_503(net: Network, a: TestNode) -> None:
     """A write the store cannot make durable is a 503 JSON error."""
+    a.store.keeps_nothing = False  # type: ignore[misc]  # a store that can fail keeps something
     a.store.save = lambda state, **_: fail(StoreError("disk on fire"))  # type: ignore[method-assign]
     reply = post(net, "/increment")
     assert_error(reply, 503)

@@ -105,6 +105,8 @@ def test_same_answers_as_klein() -> None:
 class SlowStore:
     """A store whose saves become durable only when the test says."""
 
+    keeps_nothing = False
+
     def __init__(self, store: Any) -> None:
         self.identity = store.identity
         self.pending: list[Deferred[None]] = []

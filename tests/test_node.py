@@ -25,6 +25,8 @@ PEER = "10.0.0.2:8080/inc9"
 class ManualStore:
     """A store whose saves stay pending until the test fires them."""
 
+    keeps_nothing = False
+
     def __init__(self, state: dict | None = None) -> None:
         self.identity = Identity(NODE, "inc1")
         self.state = state or {}
@@ -201,6 +203,28 @@ def test_memory_store_acknowledges_at_once():
     node = Node(store, "dcounter", Clock())
     assert results(node.add("c", 3)) == [3]
     assert node.outgoing() == {"c": {node.replica: (3, 0)}}
+
+
+def test_add_now_on_a_store_that_keeps_nothing_is_add_without_the_deferred():
+    """add_now counts, tells the listeners and answers the value, as add does in memory."""
+    node = Node(MemoryStore(NODE), "dcounter", Clock())
+    told: list[tuple[list, list]] = []
+    node.subscribe(lambda keys, idem: told.append((keys, idem)))
+    assert node.add_now("c", 3) == 3
+    assert node.add_now("c", -1) == 2
+    assert told == [([("c", node.replica)], [])] * 2
+    assert node.outgoing() == {"c": {node.replica: (3, 1)}}
+    with pytest.raises(CounterOverflow):
+        node.add_now("c", MAX_SLOT)
+    assert node.value("c") == 2 and len(told) == 2
+
+
+def test_add_now_refuses_a_store_that_keeps_something():
+    """Answering at once on a store that must first save would answer before durable."""
+    node, store, _ = make_node()
+    with pytest.raises(AssertionError):
+        node.add_now("c", 1)
+    assert store.saves == [] and node.value("c") == 0
 
 
 # The crash-safety rule.
