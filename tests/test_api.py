@@ -693,6 +693,37 @@ def test_site_serves_the_api(a: TestNode) -> None:
     assert a.count() == 4
 
 
+def test_site_asks_a_connection_for_its_addresses_once(a: TestNode) -> None:
+    """
+    Every request on a keep-alive connection sees the connection's addresses,
+    asked of the transport once (a getsockname each, before) and kept.
+    """
+    asked: list[str] = []
+
+    class Counting(StringTransport):
+        def getHost(self) -> Any:
+            asked.append("host")
+            return super().getHost()
+
+        def getPeer(self) -> Any:
+            asked.append("peer")
+            return super().getPeer()
+
+    seen: list[tuple[Any, Any]] = []
+    a.api.authorize = lambda request, path: seen.append((request.getHost(), request.getClientAddress()))  # type: ignore[method-assign]
+    site = CounterSite(a.api, reactor=MemoryReactorClock())
+    protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    transport = Counting(hostAddress=IPv4Address("TCP", "10.0.0.1", 8080))
+    peer = transport.getPeer()
+    protocol.makeConnection(transport)
+    asked.clear()
+    protocol.dataReceived(b"POST /increment HTTP/1.1\r\nHost: x\r\n\r\n" * 3)
+    assert transport.value().count(b"HTTP/1.1 200 ") == 3
+    assert a.count() == 3
+    assert seen == [(IPv4Address("TCP", "10.0.0.1", 8080), peer)] * 3
+    assert sorted(asked) == ["host", "peer"]
+
+
 def test_site_leaves_the_body_to_the_api_whatever_its_content_type(a: TestNode) -> None:
     """
     twisted.web does not parse form bodies here (the API takes JSON only,
