@@ -24,6 +24,8 @@ L{dcounter.health.HealthChecker}, which asks here at each step.
 
 from __future__ import annotations
 
+from collections import Counter
+
 from dcounter import wire
 from dcounter.keyring import Keyring
 from dcounter.membership import Membership
@@ -85,7 +87,10 @@ class Admission:
         self.cluster = cluster
         self.keyring = keyring or Keyring()
         self.retry_after = retry_after
-        self._probing: set[str] = set()
+        #: Probes in flight, by name: an operator's /register may probe a
+        #: name whose probe is already out, and each holds a slot until it
+        #: ends.
+        self._probing: Counter[str] = Counter()
         self._rejected_until: dict[str, float] = {}
         #: The two lines of names waiting for a probe: name -> when it was
         #: heard of, oldest first.
@@ -162,7 +167,7 @@ class Admission:
 
     def room(self) -> bool:
         """Whether a probe of a name heard of may start now."""
-        return len(self._probing) < self.MAX_CANDIDATES
+        return self._probing.total() < self.MAX_CANDIDATES
 
     def next_waiting(self, now: float) -> tuple[str, bool] | None:
         """
@@ -183,7 +188,7 @@ class Admission:
         """
         A probe of C{address} for admission has started.
         """
-        self._probing.add(address)
+        self._probing[address] += 1
 
     # After a probe.
 
@@ -224,7 +229,10 @@ class Admission:
         @param penalize: a failure keeps it from being probed again for
             C{retry_after} seconds (names heard of, not an operator's).
         """
-        self._probing.discard(address)
+        if self._probing[address] > 1:
+            self._probing[address] -= 1
+        else:
+            self._probing.pop(address, None)
         self.counts["admitted" if admitted else "rejected"] += 1
         if admitted:
             self._rejected_until.pop(address, None)

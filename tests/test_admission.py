@@ -92,6 +92,19 @@ def test_an_operators_failed_registration_is_not_held_against_a_name():
     assert adm.should_probe(A, 1.0)
 
 
+def test_a_second_probe_of_a_name_holds_its_own_slot_until_it_ends():
+    """An operator's /register of a name being probed: both probes hold a slot."""
+    adm = admission()
+    names = fill_probe_slots(adm)
+    adm.probing(names[0])  # the operator's, past the bound: theirs is not refused
+    adm.done(names[0], False, 1.0)
+    assert not adm.room()  # the operator's probe is still out
+    assert not adm.should_probe(names[0], 1.0, contact=True)
+    adm.done(names[0], True, 2.0, penalize=False)
+    assert adm.room()
+    assert adm.should_probe("10.0.2.1:1", 2.0)
+
+
 def fill_probe_slots(adm: Admission) -> list[str]:
     names = [f"10.0.1.{i}:1" for i in range(Admission.MAX_CANDIDATES)]
     for name in names:
