@@ -724,6 +724,21 @@ def test_site_asks_a_connection_for_its_addresses_once(a: TestNode) -> None:
     assert sorted(asked) == ["host", "peer"]
 
 
+def test_site_drops_a_connection_idle_for_a_minute(a: TestNode) -> None:
+    """A kept-alive connection with nothing asked for 60 s is closed, on the Site's reactor."""
+    reactor = MemoryReactorClock()
+    site = CounterSite(a.api, reactor=reactor)
+    protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(b"GET /count HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 200 ")
+    reactor.advance(59)
+    assert not transport.disconnecting
+    reactor.advance(1)
+    assert transport.disconnecting
+
+
 def test_site_leaves_the_body_to_the_api_whatever_its_content_type(a: TestNode) -> None:
     """
     twisted.web does not parse form bodies here (the API takes JSON only,
