@@ -109,7 +109,7 @@ def run_one(name: str, quick: bool, sizes: list[int] | None, rows: list[tuple[st
     """
     if name == "hotpath":
         for figure, value in hotpath.run(quick).items():
-            unit = "" if "/" in figure else " increments/s"
+            unit = "" if "/" in figure or "CPU" in figure else " increments/s"
             rows.append(("1 one node, one core", figure + unit, value))
     elif name == "replication":
         for figure, value in replication.run(quick).items():
