@@ -152,8 +152,11 @@ class Node:
         path of a node in memory spent about 10 us a request on them).
 
         @raise dcounter.counter.CounterOverflow: as L{add}, changing nothing.
+        @raise TypeError: the store keeps something: the write would be
+            answered before it is durable.  Use L{add}.
         """
-        assert self.store.keeps_nothing, "add_now is for a store that keeps nothing"
+        if not self.store.keeps_nothing:
+            raise TypeError("add_now is for a store that keeps nothing: use add")
         slot = self.counters.add(name, self.replica, amount)
         return self._durable_one(None, name, slot, self.counters.value(name))
 

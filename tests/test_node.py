@@ -222,7 +222,7 @@ def test_add_now_on_a_store_that_keeps_nothing_is_add_without_the_deferred():
 def test_add_now_refuses_a_store_that_keeps_something():
     """Answering at once on a store that must first save would answer before durable."""
     node, store, _ = make_node()
-    with pytest.raises(AssertionError):
+    with pytest.raises(TypeError, match="keeps nothing"):
         node.add_now("c", 1)
     assert store.saves == [] and node.value("c") == 0
 
