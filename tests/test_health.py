@@ -337,6 +337,30 @@ def test_consider_bounds_admissions_in_flight(net: Network) -> None:
     assert a.health.admissions["dropped"] == 0
 
 
+def test_a_probe_still_out_keeps_its_name_from_a_third(net: Network) -> None:
+    """
+    An operator's /register of a name whose probe is out starts a second
+    probe.  If that one fails first, the first still holds the name:
+    hearing of it again starts no third probe, and the first admits it.
+    """
+    a, b = net.add_many(2)
+    net.hold(b.id)
+    a.health.consider(b.id)
+    net.settle()
+    net.cut_link(a.id, b.id)  # the operator's probe is refused at once
+    registered = a.health.admit(b.id, expected_id=b.id, force=True)
+    net.settle()
+    assert isinstance(failure_of(registered).value, AdmissionError)
+    net.links_down.clear()
+    a.health.consider(b.id, contact=True)
+    net.settle()
+    assert probes(net, b.id) == 2  # the first, held, and the operator's, refused: no third
+    net.release(b.id)
+    net.settle()
+    assert a.membership.live() == [b.id]
+    assert a.health.admission.room()
+
+
 def test_names_that_fail_at_once_do_not_pile_up_calls_nor_hold_slots(net: Network) -> None:
     """
     Hundreds of waiting names whose probes fail before they are sent (no
