@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import gc
 import ipaddress
 import os
 import platform
@@ -661,7 +662,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     expiry = TimerService(KEY_EXPIRY_PERIOD, _logged(node.expire_keys, "forgetting idempotency keys"))
     expiry.setName("idempotency-key-expiry")
     expiry.setServiceParent(top)
-    reactor.callWhenRunning(trim_heap)
+    reactor.callWhenRunning(settle_heap)
     log.info(
         "dcounter node {node_id} (replica {replica}) of cluster {cluster}: HTTP on {listen}, "
         "{data}, discovery {discovery}, seeds {seeds}",
@@ -692,6 +693,26 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             client="--client-token" if options["client-token"] else "no token",
         )
     return top
+
+
+def settle_heap() -> None:
+    """
+    Once the node runs: collect what start-up left, set everything start-up
+    made (modules, the loaded state) aside from the cyclic garbage collector
+    (C{gc.freeze}), then trim the heap (L{trim_heap}).
+
+    Why: with a data directory under C{wrk -c32}, writes waiting for their
+    commit hold their requests and Deferreds, so the collector runs often
+    (158 times a second), and its full collections, 12 in 10 s, went
+    through the ~62,000 objects from start-up at 34 ms each: 409 ms of the
+    616 ms the collector took in those 10 s (gc.callbacks).  Frozen, the
+    full collections took 38 ms in all, and the collector 260 ms.  (A
+    larger threshold for the youngest generation took it to 4 ms, but let
+    an idle node's RSS creep up by 0.6 MB in 90 s: not done.)
+    """
+    gc.collect()
+    gc.freeze()
+    trim_heap()
 
 
 def trim_heap() -> None:

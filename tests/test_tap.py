@@ -5,6 +5,7 @@ reactor (nothing listens), and the plugin's registration.
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from dcounter.node import NodeStateService
 from dcounter.replication import Replicator
 from dcounter.service import StopInOrder
 from dcounter.store import MemoryStore, SQLiteStore, StoreError
-from dcounter.tap import Options, makeService
+from dcounter.tap import Options, makeService, settle_heap
 from tests.support import failure_of
 
 ADVERTISE = ["--advertise", "10.0.0.1:9100"]
@@ -307,6 +308,22 @@ def test_make_service_settings_reach_the_parts() -> None:
     assert (discovery.port, discovery.broadcasts, discovery.interval) == (7100, ["10.0.0.255"], 4.0)
     assert discovery.announcement.cluster == "blue"
     assert discovery.announcement.incarnation == replicator.node.identity.incarnation
+
+
+def test_heap_settles_once_the_reactor_runs() -> None:
+    """
+    makeService leaves the process's garbage collector alone until the
+    reactor runs (tests build nodes too); then start-up's objects are
+    frozen out of its full collections.
+    """
+    service, reactor = build()
+    assert settle_heap in [hook for hook, _, _ in reactor.whenRunningHooks]
+    assert gc.get_freeze_count() == 0
+    try:
+        settle_heap()
+        assert gc.get_freeze_count() > 10_000
+    finally:
+        gc.unfreeze()
 
 
 def test_make_service_listens_on_the_given_reactor() -> None:
