@@ -68,6 +68,9 @@ class HealthChecker:
         self._contacted: set[str] = set()
         self._seed_failures: dict[str, int] = {}
         self._next_call: Any = None
+        #: Whether names heard of may start admission probes: not once the
+        #: node stops (L{stop_admitting}).
+        self.admitting = True
         self.admission = admission or Admission(membership, node.cluster, retry_after=3 * interval)
         membership.subscribe(self._log_change)
 
@@ -240,6 +243,8 @@ class HealthChecker:
         @param contact: the node itself just contacted us over HTTP: probe
             it even if an earlier probe failed (it was not up yet).
         """
+        if not self.admitting:
+            return
         if address in self._admitting:
             if contact:  # the probe in flight may have started before it was up
                 self._contacted.add(address)
@@ -257,8 +262,19 @@ class HealthChecker:
         # Not at once: a probe may end inside admit() (a request that fails
         # before it is sent), and each taking the next from there would
         # nest one call deeper per waiting name.
-        if self._next_call is None:
+        if self._next_call is None and self.admitting:
             self._next_call = self.clock.callLater(0, self._next_candidates)
+
+    def stop_admitting(self) -> None:
+        """
+        The node is stopping: names heard of from now on (in the answers to
+        its last pushes, say) start no probe, nor do those waiting for one.
+        Probes out already end as they will.
+        """
+        self.admitting = False
+        if self._next_call is not None:
+            self._next_call.cancel()
+            self._next_call = None
 
     def _next_candidates(self) -> None:
         """

@@ -651,7 +651,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     site = CounterSite(api, options["access-log"], reactor)
     replicator.setServiceParent(top)
     strports.service(options["listen"], site, reactor=reactor).setServiceParent(top)
-    for service in health_timers(health, reactor):
+    for service in health_services(health, reactor):
         service.setServiceParent(top)
     every(interval / 4, replicator.gossip, reactor).setServiceParent(top)
     if discovery_service is not None:
@@ -738,12 +738,37 @@ def every(period: float, f: Any, clock: IReactorTime) -> TimerService:
     return timer
 
 
-def health_timers(health: HealthChecker, clock: IReactorTime) -> list[TimerService]:
+def health_services(health: HealthChecker, clock: IReactorTime) -> list[Service]:
     """
-    The health checker's timers: a probe each protocol period, and the end
-    of suspicions checked four times a period.
+    The health checker's timers (a probe each protocol period, the end of
+    suspicions checked four times a period), then its admission of names
+    heard of: stopped first, so before the HTTP port and the replicator's
+    last push (L{AdmissionGate}).
     """
-    return [every(health.interval, health.check_once, clock), every(health.interval / 4, health.tick, clock)]
+    return [
+        every(health.interval, health.check_once, clock),
+        every(health.interval / 4, health.tick, clock),
+        AdmissionGate(health),
+    ]
+
+
+class AdmissionGate(Service):
+    """
+    Names heard of start admission probes while this service runs
+    (L{HealthChecker.stop_admitting}): a node that is stopping does not
+    start probing the members named in the answers to its last pushes.
+    """
+
+    def __init__(self, health: HealthChecker) -> None:
+        self.health = health
+
+    def startService(self) -> None:
+        super().startService()
+        self.health.admitting = True
+
+    def stopService(self) -> Any:
+        self.health.stop_admitting()
+        return super().stopService()
 
 
 class KeyReloader(Service):

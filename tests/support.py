@@ -68,11 +68,11 @@ class TestNode:
 
     def start_health(self) -> None:
         """
-        Start the health checker's timers, as makeService does.
+        Start the health checker's timers and admission, as makeService does.
         """
-        from dcounter.tap import health_timers
+        from dcounter.tap import health_services
 
-        self._timers = health_timers(self.health, self.clock)
+        self._timers = health_services(self.health, self.clock)
         for timer in self._timers:
             timer.startService()
 

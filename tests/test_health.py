@@ -17,7 +17,7 @@ from dcounter.health import AdmissionError, HealthChecker
 from dcounter.membership import Membership, PeerState
 from dcounter.node import Node
 from dcounter.store import MemoryStore
-from dcounter.tap import health_timers
+from dcounter.tap import health_services
 from tests.support import CLUSTER, Network, TestNode, failure_of, result_of
 
 
@@ -361,6 +361,33 @@ def test_a_probe_still_out_keeps_its_name_from_a_third(net: Network) -> None:
     assert a.health.admission.room()
 
 
+def test_a_stopping_node_starts_no_admission_probe(net: Network) -> None:
+    """
+    Once its health services stop (before HTTP and the last push), a node
+    probes no name heard of, nor any name waiting for a probe slot; probes
+    already out end as they will.  Started again, it admits as before.
+    """
+    a, b, late, *held = net.add_many(3 + HealthChecker.MAX_CANDIDATES)
+    a.start_health()
+    for node in held:
+        net.hold(node.id)
+        a.health.consider(node.id)
+    a.health.consider(late.id)  # waits: the slots are full
+    net.settle()
+    a.stop_health()
+    a.health.consider(b.id, contact=True)
+    for node in held:
+        net.release(node.id)
+    net.settle()
+    assert probes(net, b.id) == probes(net, late.id) == 0
+    assert sorted(a.membership.live()) == sorted(node.id for node in held)
+    a.start_health()
+    a.health.consider(b.id)
+    net.settle()
+    assert b.id in a.membership.live()
+    a.stop_health()
+
+
 def test_names_that_fail_at_once_do_not_pile_up_calls_nor_hold_slots(net: Network) -> None:
     """
     Hundreds of waiting names whose probes fail before they are sent (no
@@ -447,7 +474,7 @@ def test_check_once_never_raises() -> None:
     node = Node(store, CLUSTER, clock)
     health = HealthChecker(node, membership, PeerClient(None, clock), clock, interval=1.0)
     health.check_once()
-    timers = health_timers(health, clock)
+    timers = health_services(health, clock)
     for timer in timers:
         timer.startService()
     clock.advance(1.0)

@@ -23,7 +23,7 @@ from dcounter.node import NodeStateService
 from dcounter.replication import Replicator
 from dcounter.service import StopInOrder
 from dcounter.store import MemoryStore, SQLiteStore, StoreError
-from dcounter.tap import Options, makeService, settle_heap
+from dcounter.tap import AdmissionGate, Options, makeService, settle_heap
 from tests.support import failure_of
 
 ADVERTISE = ["--advertise", "10.0.0.1:9100"]
@@ -237,7 +237,9 @@ def test_make_service_composition() -> None:
         NodeStateService,
         Replicator,
         StreamServerEndpointService,
-        *[TimerService] * 3,  # probes, suspicions and gossip
+        *[TimerService] * 2,  # probes and suspicions
+        AdmissionGate,  # stops before HTTP and the last push
+        TimerService,  # gossip
         Discovery,
         TimerService,  # forgets idempotency keys past the window
     ]
@@ -250,7 +252,14 @@ def test_make_service_without_discovery() -> None:
     service, _ = build("--no-discovery")
     kinds = [type(s) for s in children(service)]
     assert Discovery not in kinds
-    assert kinds == [NodeStateService, Replicator, StreamServerEndpointService, *[TimerService] * 4]
+    assert kinds == [
+        NodeStateService,
+        Replicator,
+        StreamServerEndpointService,
+        *[TimerService] * 2,
+        AdmissionGate,
+        *[TimerService] * 2,
+    ]
 
 
 def test_make_service_with_dns() -> None:
@@ -289,9 +298,10 @@ def test_make_service_settings_reach_the_parts() -> None:
         "--fold-after",
         "7",
     )
-    _, replicator, _, probes, ticks, gossip, discovery, _ = children(service)
+    _, replicator, _, probes, ticks, gate, gossip, discovery, _ = children(service)
     health = probes.call[0].__self__
     assert isinstance(health, HealthChecker)
+    assert gate.health is health
     assert (probes.call[0], probes.step, probes.clock) == (health.check_once, 0.25, reactor)
     assert (ticks.call[0], ticks.step, ticks.clock) == (health.tick, 0.25 / 4, reactor)
     assert health.seeds == ["10.0.0.2:9100"]
