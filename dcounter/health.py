@@ -265,6 +265,14 @@ class HealthChecker:
         if self._next_call is None and self.admitting:
             self._next_call = self.clock.callLater(0, self._next_candidates)
 
+    def start_admitting(self) -> None:
+        """
+        Names heard of may start admission probes again, beginning with
+        those that waited for a slot.
+        """
+        self.admitting = True
+        self._schedule_next_candidates()
+
     def stop_admitting(self) -> None:
         """
         The node is stopping: names heard of from now on (in the answers to

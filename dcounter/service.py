@@ -14,8 +14,11 @@ class StopInOrder(MultiService):
     """
     A MultiService whose children stop in reverse order, each only once the
     one started after it has finished stopping (MultiService stops them all
-    at once).  So the HTTP site stops taking writes before the last push to
-    peers, and the store commits the last write before the process exits.
+    at once).  So the HTTP port stops taking connections before the last
+    push to peers, and the store commits the last write before the process
+    exits.  (Connections already open are still served meanwhile: a write
+    on one after the last push began reaches the peers from the data
+    directory when the node comes back.)
     """
 
     log = Logger()

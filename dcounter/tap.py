@@ -740,15 +740,15 @@ def every(period: float, f: Any, clock: IReactorTime) -> TimerService:
 
 def health_services(health: HealthChecker, clock: IReactorTime) -> list[Service]:
     """
-    The health checker's timers (a probe each protocol period, the end of
-    suspicions checked four times a period), then its admission of names
-    heard of: stopped first, so before the HTTP port and the replicator's
-    last push (L{AdmissionGate}).
+    The health checker's admission of names heard of (L{AdmissionGate}),
+    then its timers: a probe each protocol period, the end of suspicions
+    checked four times a period.  All stop before the HTTP port and the
+    replicator's last push.
     """
     return [
+        AdmissionGate(health),
         every(health.interval, health.check_once, clock),
         every(health.interval / 4, health.tick, clock),
-        AdmissionGate(health),
     ]
 
 
@@ -764,7 +764,7 @@ class AdmissionGate(Service):
 
     def startService(self) -> None:
         super().startService()
-        self.health.admitting = True
+        self.health.start_admitting()
 
     def stopService(self) -> Any:
         self.health.stop_admitting()

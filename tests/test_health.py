@@ -365,7 +365,8 @@ def test_a_stopping_node_starts_no_admission_probe(net: Network) -> None:
     """
     Once its health services stop (before HTTP and the last push), a node
     probes no name heard of, nor any name waiting for a probe slot; probes
-    already out end as they will.  Started again, it admits as before.
+    already out end as they will.  Started again, it takes the waiting
+    names first, and admits as before.
     """
     a, b, late, *held = net.add_many(3 + HealthChecker.MAX_CANDIDATES)
     a.start_health()
@@ -382,6 +383,8 @@ def test_a_stopping_node_starts_no_admission_probe(net: Network) -> None:
     assert probes(net, b.id) == probes(net, late.id) == 0
     assert sorted(a.membership.live()) == sorted(node.id for node in held)
     a.start_health()
+    net.settle()
+    assert late.id in a.membership.live()
     a.health.consider(b.id)
     net.settle()
     assert b.id in a.membership.live()

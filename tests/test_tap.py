@@ -228,7 +228,7 @@ def test_make_service_composition() -> None:
     """
     The node and its store first, then replication, HTTP, health checks and
     discovery, under a service that stops them one by one in reverse: HTTP
-    stops taking writes before the last push, the store commits last.
+    stops taking connections before the last push, the store commits last.
     """
     service, _ = build()
     assert isinstance(service, StopInOrder)
@@ -237,9 +237,8 @@ def test_make_service_composition() -> None:
         NodeStateService,
         Replicator,
         StreamServerEndpointService,
-        *[TimerService] * 2,  # probes and suspicions
         AdmissionGate,  # stops before HTTP and the last push
-        TimerService,  # gossip
+        *[TimerService] * 3,  # probes, suspicions and gossip
         Discovery,
         TimerService,  # forgets idempotency keys past the window
     ]
@@ -256,9 +255,8 @@ def test_make_service_without_discovery() -> None:
         NodeStateService,
         Replicator,
         StreamServerEndpointService,
-        *[TimerService] * 2,
         AdmissionGate,
-        *[TimerService] * 2,
+        *[TimerService] * 4,
     ]
 
 
@@ -298,7 +296,7 @@ def test_make_service_settings_reach_the_parts() -> None:
         "--fold-after",
         "7",
     )
-    _, replicator, _, probes, ticks, gate, gossip, discovery, _ = children(service)
+    _, replicator, _, gate, probes, ticks, gossip, discovery, _ = children(service)
     health = probes.call[0].__self__
     assert isinstance(health, HealthChecker)
     assert gate.health is health
