@@ -139,6 +139,9 @@ class CounterAPI:
         self.guard = guard or keyring.Guard(keyring.Keyring(), node.node_id)
         self._admin_token = admin_token
         self.client_token = client_token
+        #: The node is stopping: every request is answered 503
+        #: (L{dcounter.tap.StopAnswering}).
+        self.stopping = False
 
     # Who may call what.
 
@@ -561,6 +564,9 @@ class _Root(Resource):
         self.hot = HotPaths(api) if hot_paths else None
 
     def render(self, request: Any) -> Any:
+        if self.api.stopping:
+            request.setHeader(b"Retry-After", b"1")
+            return _json(request, {"error": "this node is stopping: ask another"}, 503)
         raw = request.path
         try:
             # Most paths need no percent-decoding: the raw path is the one.

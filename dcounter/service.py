@@ -14,11 +14,9 @@ class StopInOrder(MultiService):
     """
     A MultiService whose children stop in reverse order, each only once the
     one started after it has finished stopping (MultiService stops them all
-    at once).  So the HTTP port stops taking connections before the last
-    push to peers, and the store commits the last write before the process
-    exits.  (Connections already open are still served meanwhile: a write
-    on one after the last push began reaches the peers from the data
-    directory when the node comes back.)
+    at once).  So the API stops answering (503) and the HTTP port stops
+    taking connections before the last push to peers, and the store
+    commits the last write before the process exits.
     """
 
     log = Logger()

@@ -651,6 +651,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     site = CounterSite(api, options["access-log"], reactor)
     replicator.setServiceParent(top)
     strports.service(options["listen"], site, reactor=reactor).setServiceParent(top)
+    StopAnswering(api).setServiceParent(top)
     for service in health_services(health, reactor):
         service.setServiceParent(top)
     every(interval / 4, replicator.gossip, reactor).setServiceParent(top)
@@ -750,6 +751,26 @@ def health_services(health: HealthChecker, clock: IReactorTime) -> list[Service]
         every(health.interval, health.check_once, clock),
         every(health.interval / 4, health.tick, clock),
     ]
+
+
+class StopAnswering(Service):
+    """
+    On stop, just before the HTTP port stops listening, the API answers
+    every request 503: clients keep connections open, and a write taken on
+    one while the node makes its last push could miss that push, and be
+    lost with a node in memory.  Clients retry on another node.
+    """
+
+    def __init__(self, api: CounterAPI) -> None:
+        self.api = api
+
+    def startService(self) -> None:
+        super().startService()
+        self.api.stopping = False
+
+    def stopService(self) -> Any:
+        self.api.stopping = True
+        return super().stopService()
 
 
 class AdmissionGate(Service):

@@ -19,6 +19,7 @@ from dcounter.counter import MAX_SLOT
 from dcounter.discovery import Discovery
 from dcounter.membership import Membership, PeerState
 from dcounter.store import StoreError
+from dcounter.tap import StopAnswering
 from tests.support import CLUSTER, Network, Reply, TestNode, address, result_of
 
 A = address(9001)
@@ -737,6 +738,30 @@ def test_site_drops_a_connection_idle_for_a_minute(a: TestNode) -> None:
     assert not transport.disconnecting
     reactor.advance(1)
     assert transport.disconnecting
+
+
+def test_a_stopping_node_answers_503_and_changes_nothing(a: TestNode) -> None:
+    """
+    From just before its HTTP port stops, a node answers every request on
+    connections still open 503 (clients retry elsewhere), writes included.
+    """
+    service = StopAnswering(a.api)
+    service.startService()
+    service.stopService()
+    for request in (
+        b"POST /increment HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /counters/x/increment HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /count HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+    ):
+        written, _ = serve(a, request)
+        assert written.startswith(b"HTTP/1.1 503 "), request
+        assert b'{"error":"this node is stopping: ask another"}' in written
+        assert b"Retry-After: 1" in written
+    assert a.count() == 0 and a.count("x") == 0
+    service.startService()
+    written, _ = serve(a, b"POST /increment HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert written.startswith(b"HTTP/1.1 200 ")
 
 
 def test_site_leaves_the_body_to_the_api_whatever_its_content_type(a: TestNode) -> None:

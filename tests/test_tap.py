@@ -23,7 +23,7 @@ from dcounter.node import NodeStateService
 from dcounter.replication import Replicator
 from dcounter.service import StopInOrder
 from dcounter.store import MemoryStore, SQLiteStore, StoreError
-from dcounter.tap import AdmissionGate, Options, makeService, settle_heap
+from dcounter.tap import AdmissionGate, Options, StopAnswering, makeService, settle_heap
 from tests.support import failure_of
 
 ADVERTISE = ["--advertise", "10.0.0.1:9100"]
@@ -237,6 +237,7 @@ def test_make_service_composition() -> None:
         NodeStateService,
         Replicator,
         StreamServerEndpointService,
+        StopAnswering,  # 503 on open connections, from just before HTTP stops
         AdmissionGate,  # stops before HTTP and the last push
         *[TimerService] * 3,  # probes, suspicions and gossip
         Discovery,
@@ -255,6 +256,7 @@ def test_make_service_without_discovery() -> None:
         NodeStateService,
         Replicator,
         StreamServerEndpointService,
+        StopAnswering,
         AdmissionGate,
         *[TimerService] * 4,
     ]
@@ -296,10 +298,11 @@ def test_make_service_settings_reach_the_parts() -> None:
         "--fold-after",
         "7",
     )
-    _, replicator, _, gate, probes, ticks, gossip, discovery, _ = children(service)
+    _, replicator, _, stop_answering, gate, probes, ticks, gossip, discovery, _ = children(service)
     health = probes.call[0].__self__
     assert isinstance(health, HealthChecker)
     assert gate.health is health
+    assert stop_answering.api.health_checker is health
     assert (probes.call[0], probes.step, probes.clock) == (health.check_once, 0.25, reactor)
     assert (ticks.call[0], ticks.step, ticks.clock) == (health.tick, 0.25 / 4, reactor)
     assert health.seeds == ["10.0.0.2:9100"]
