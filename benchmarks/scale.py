@@ -15,9 +15,10 @@ For each size:
   - startup s: from spawning the first process until every node answers
     /health; the nodes start one after another, 0.2 s apart, each process
     once the nodes of the one before answer (--together: all at once; each
-    joiner is still probed for admission by every member, so at 100 nodes
-    on 2 cores every node answered only after 109 s, against 34 s one
-    process after another: see README, Not done yet);
+    joiner is still probed for admission by every member, at most 4 probes
+    in flight a node: at 100 nodes on 2 cores every node answered after 20
+    to 22 s, and after 105 s or more with 32 in flight: see README, Not
+    done yet);
   - full mesh s: from then until every /peers lists every other node;
   - false suspicions: peers that became suspect or dead in any node's table
     (dcounter_peer_state_changes_total) over the next --watch seconds, while
