@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from typing import Any, TypeVar
 
 from twisted.application.service import Service
@@ -139,11 +140,32 @@ class Node:
             once durable: replication.
         @raise dcounter.counter.CounterOverflow: at once, changing nothing.
         """
+        answer: Deferred[int] = Deferred()
+        self.add_then(name, amount, partial(self._deliver, answer, name))
+        return answer
+
+    def add_then(self, name: str, amount: int, answer: Callable[[int | Failure], None]) -> None:
+        """
+        L{add} without a Deferred, for the hot path of a write that waits
+        for its commit: C{answer} is called with the counter's value once
+        the write is durable, or with the failure.
+
+        @raise dcounter.counter.CounterOverflow: as L{add}, changing
+            nothing; C{answer} is not called.
+        """
         slot = self.counters.add(name, self.replica, amount)
         value = self.counters.value(name)
 
-        saved = self.store.save({name: {self.replica: slot}})
-        return self._answer(saved.addCallback(self._durable_one, name, slot, value), name)
+        def durable(failure: Failure | None) -> None:
+            if failure is None:
+                try:
+                    answer(self._durable_one(None, name, slot, value))
+                    return
+                except Exception:
+                    failure = Failure()
+            answer(failure)
+
+        self.store.save_then({name: {self.replica: slot}}, durable)
 
     def add_now(self, name: str, amount: int) -> int:
         """
@@ -175,15 +197,18 @@ class Node:
         if saved.called:  # durable already (a store in memory): nothing to cancel
             return saved
         answer: Deferred[T] = Deferred()
-
-        def deliver(result: T | Failure) -> None:
-            if not answer.called:
-                answer.callback(result) if not isinstance(result, Failure) else answer.errback(result)
-            elif isinstance(result, Failure):  # the caller left: nobody else will say it
-                self.log.failure("write to {name} failed after its caller left", result, name=name)
-
-        saved.addBoth(deliver)
+        saved.addBoth(partial(self._deliver, answer, name))
         return answer
+
+    def _deliver(self, answer: Deferred[T], name: str, result: T | Failure) -> None:
+        """
+        Fire C{answer} with C{result}, unless its caller cancelled it (and
+        left): then only a failure is worth saying, in the log.
+        """
+        if not answer.called:
+            answer.callback(result) if not isinstance(result, Failure) else answer.errback(result)
+        elif isinstance(result, Failure):  # the caller left: nobody else will say it
+            self.log.failure("write to {name} failed after its caller left", result, name=name)
 
     def add_many(self, amounts: Mapping[str, int]) -> Deferred[dict[str, int]]:
         """

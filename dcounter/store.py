@@ -57,6 +57,10 @@ class Identity:
         return f"{self.node_id}/{self.incarnation}"
 
 
+#: Told that what it waits for is durable (None), or why it is not.
+Durable = Callable[[Failure | None], None]
+
+
 class Store(Protocol):
     """
     What a node needs of a store.
@@ -89,6 +93,14 @@ class Store(Protocol):
         C{forget} and the slots of C{drop} (folded), and remember
         C{members} (if given: the whole list), in one commit; fires once
         they are.
+        """
+
+    def save_then(self, state: State, done: Durable) -> None:
+        """
+        L{save} of slots alone, without a Deferred: C{done} is called with
+        None once they are durable, or with the failure (at once, if the
+        store is not running).  For a write's hot path, where the Deferreds
+        chained on L{save} cost more than a quarter of a node's CPU.
         """
 
     def start(self) -> None: ...
@@ -144,6 +156,9 @@ class MemoryStore:
         members: list[str] | None = None,
     ) -> Deferred[None]:
         return succeed(None)
+
+    def save_then(self, state: State, done: Durable) -> None:
+        done(None)
 
     def start(self) -> None:
         pass
@@ -256,7 +271,7 @@ class SQLiteStore:
         self._pending_forget: set[str] = set()
         self._pending_drop: set[SlotKey] = set()
         self._pending_members: list[str] | None = None
-        self._waiting: list[Deferred[None]] = []
+        self._waiting: list[Durable] = []
         self._committing: Deferred[None] | None = None
         self._idle: list[Deferred[None]] = []
 
@@ -380,13 +395,9 @@ class SQLiteStore:
         not running.
         """
         if self._db is None:
-            why = "stopped" if self._stopped else "not started"
-            return fail(StoreError(f"the store is {why}: nothing more can be made durable"))
-        pending = self._pending
-        for counter, replicas in state.items():
-            for replica, (p, n) in replicas.items():
-                old_p, old_n = pending.get((counter, replica), (0, 0))
-                pending[(counter, replica)] = (max(p, old_p), max(n, old_n))
+            return fail(self._not_running())
+        waiter: Deferred[None] = Deferred()
+        self._pend(state)
         for key, record in (keys or {}).items():
             self._pending_forget.discard(key)
             old = self._pending_keys.get(key)
@@ -403,15 +414,37 @@ class SQLiteStore:
             self._pending_keys.pop(key, None)
             self._pending_forget.add(key)
         for slot in drop or ():
-            pending.pop(slot, None)
+            self._pending.pop(slot, None)
             self._pending_drop.add(slot)
         if members is not None:
             self._pending_members = list(members)
-        waiter: Deferred[None] = Deferred()
-        self._waiting.append(waiter)
+        self._wait(lambda failure: waiter.callback(None) if failure is None else waiter.errback(failure))
+        return waiter
+
+    def save_then(self, state: State, done: Durable) -> None:
+        if self._db is None:
+            done(Failure(self._not_running()))
+            return
+        self._pend(state)
+        self._wait(done)
+
+    def _not_running(self) -> StoreError:
+        why = "stopped" if self._stopped else "not started"
+        return StoreError(f"the store is {why}: nothing more can be made durable")
+
+    def _pend(self, state: State) -> None:
+        """Put C{state}'s slots in the next commit."""
+        pending = self._pending
+        for counter, replicas in state.items():
+            for replica, (p, n) in replicas.items():
+                old_p, old_n = pending.get((counter, replica), (0, 0))
+                pending[(counter, replica)] = (max(p, old_p), max(n, old_n))
+
+    def _wait(self, done: Durable) -> None:
+        """Tell C{done} of the next commit, and start it if none is under way."""
+        self._waiting.append(done)
         if self._committing is None:
             self._commit_next()
-        return waiter
 
     def _commit_next(self) -> None:
         batch, waiting = self._pending, self._waiting
@@ -439,10 +472,14 @@ class SQLiteStore:
         def done(result: object) -> None:
             if not isinstance(result, Failure):
                 self.metrics.commit(self._clock.seconds() - started, len(rows))
-            # Waiters' callbacks may save again: until they have all run, those
+            # Waiters may save again: until they have all been told, those
             # saves must wait for the next transaction, not start one each.
+            failure = result if isinstance(result, Failure) else None
             for waiter in waiting:
-                waiter.errback(result) if isinstance(result, Failure) else waiter.callback(None)
+                try:
+                    waiter(failure)
+                except Exception:  # one waiter's bug must not leave the others waiting
+                    self.log.failure("a waiter of a commit failed")
             self._committing = None
             if self._waiting:
                 self._commit_next()

@@ -32,7 +32,7 @@ from dcounter.health import HealthChecker
 from dcounter.membership import Membership
 from dcounter.node import Node
 from dcounter.replication import Replicator
-from dcounter.store import MemoryStore
+from dcounter.store import Durable, MemoryStore
 from dcounter.tap import Options, assemble
 
 CLUSTER = "dcounter"
@@ -393,6 +393,24 @@ class Reply:
     def header(self, name: str) -> str | None:
         values = self.headers.getRawHeaders(name)
         return values[0] if values else None
+
+
+def told(saved: Deferred[None], done: Durable) -> None:
+    """
+    Tell C{done} what C{saved} (a fake store's save) comes to: a fake
+    store's C{save_then}.
+    """
+    saved.addBoth(lambda result: done(result if isinstance(result, Failure) else None))
+
+
+def break_store(store: Any, error: Exception) -> None:
+    """
+    Make every save of C{store} fail with C{error}.  It keeps something
+    now: writes wait for it, and are told of the failure.
+    """
+    store.keeps_nothing = False
+    store.save = lambda state, **_: fail(error)
+    store.save_then = lambda state, done: done(Failure(error))
 
 
 def _outcome(d: Deferred[Any]) -> Any:

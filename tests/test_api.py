@@ -20,7 +20,7 @@ from dcounter.discovery import Discovery
 from dcounter.membership import Membership, PeerState
 from dcounter.store import StoreError
 from dcounter.tap import StopAnswering
-from tests.support import CLUSTER, Network, Reply, TestNode, address, result_of
+from tests.support import CLUSTER, Network, Reply, TestNode, address, break_store, result_of
 
 A = address(9001)
 B = address(9002)
@@ -540,8 +540,7 @@ def test_overflow_is_a_conflict(net: Network, a: TestNode) -> None:
 
 def test_store_error_is_503(net: Network, a: TestNode) -> None:
     """A write the store cannot make durable is a 503 JSON error."""
-    a.store.keeps_nothing = False  # type: ignore[misc]  # a store that can fail keeps something
-    a.store.save = lambda state, **_: fail(StoreError("disk on fire"))  # type: ignore[method-assign]
+    break_store(a.store, StoreError("disk on fire"))
     reply = post(net, "/increment")
     assert_error(reply, 503)
     assert "disk on fire" in reply.json["error"]

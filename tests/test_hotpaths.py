@@ -10,11 +10,13 @@ from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred
+from twisted.logger import capturedLogs
 from twisted.web.client import ResponseNeverReceived
 from twisted.web.resource import Resource
 
 from dcounter.counter import MAX_SLOT
-from tests.support import Network, TestNode, address
+from dcounter.store import Durable, StoreError
+from tests.support import Network, TestNode, address, told
 
 A, B = address(9001), address(9002)
 
@@ -116,10 +118,13 @@ class SlowStore:
         self.pending.append(d)
         return d
 
-    def commit(self) -> None:
+    def save_then(self, state: Any, done: Durable) -> None:
+        told(self.save(state), done)
+
+    def commit(self, failure: Exception | None = None) -> None:
         pending, self.pending = self.pending, []
         for d in pending:
-            d.callback(None)
+            d.callback(None) if failure is None else d.errback(failure)
 
 
 @pytest.fixture
@@ -163,6 +168,36 @@ def test_client_leaving_keeps_the_write(slow: tuple[Network, TestNode, SlowStore
     assert [type(f.value) for f in client] == [ResponseNeverReceived]
     assert a.count() == 1
     assert b.count() == 1
+
+
+def test_a_failed_commit_after_the_client_left_is_logged(slow: tuple[Network, TestNode, SlowStore]) -> None:
+    """Nobody is left to answer: a write that fails after its client hung up is said in the log."""
+    net, a, store = slow
+    d = net.request("POST", f"http://{A}/counters/x/increment")
+    net.settle()
+    d.cancel()
+    d.addErrback(lambda _: None)
+    net.settle()
+    with capturedLogs() as events:
+        store.commit(StoreError("disk full"))
+        net.settle()
+    (event,) = [e for e in events if "log_failure" in e]
+    assert event["name"] == "x" and event["log_failure"].check(StoreError)
+
+
+def test_a_failed_commit_is_a_503(slow: tuple[Network, TestNode, SlowStore]) -> None:
+    """A write whose commit fails is answered 503 once it does, and the error says why."""
+    net, a, store = slow
+    results: list[Any] = []
+    net.request("POST", f"http://{A}/increment").addBoth(results.append)
+    net.settle()
+    store.commit(StoreError("disk full"))
+    net.settle()
+    (response,) = results
+    assert response.code == 503
+    body: list[bytes] = []
+    response.content().addBoth(body.append)
+    assert b"disk full" in body[0]
 
 
 class Recording(Resource):

@@ -14,8 +14,8 @@ from twisted.logger import Logger, capturedLogs
 
 from dcounter.counter import MAX_SLOT, CounterOverflow, Slot
 from dcounter.node import Node, NodeStateService
-from dcounter.store import Identity, MemoryStore, SQLiteStore, StoreError
-from tests.support import ManualWorker, failure_of, result_of
+from dcounter.store import Durable, Identity, MemoryStore, SQLiteStore, StoreError
+from tests.support import ManualWorker, failure_of, result_of, told
 
 NODE = "10.0.0.1:8080"
 ME = f"{NODE}/inc1"
@@ -48,6 +48,9 @@ class ManualStore:
         self.saves.append((state, d))
         self.dropped.extend(drop or ())
         return d
+
+    def save_then(self, state: dict, done: Durable) -> None:
+        told(self.save(state), done)
 
     def saved(self) -> list[dict]:
         return [state for state, _ in self.saves]
@@ -225,6 +228,41 @@ def test_add_now_refuses_a_store_that_keeps_something():
     with pytest.raises(TypeError, match="keeps nothing"):
         node.add_now("c", 1)
     assert store.saves == [] and node.value("c") == 0
+
+
+def test_add_then_answers_a_callable_once_durable():
+    """add_then is add without a Deferred: the callable hears the value once durable, the failure if not."""
+    node, store, _ = make_node()
+    heard: list = []
+    node.subscribe(lambda keys, idem: heard.append(keys))
+    answers: list = []
+    node.add_then("c", 3, answers.append)
+    node.add_then("c", 2, answers.append)
+    assert answers == [] and heard == []
+    store.fire()
+    assert answers == [3] and heard == [[("c", node.replica)]]
+    store.fail()
+    assert answers[0] == 3 and answers[1].check(StoreError)
+    assert len(heard) == 1
+    with pytest.raises(CounterOverflow):
+        node.add_then("c", MAX_SLOT, answers.append)
+    assert len(answers) == 2 and store.saves == []
+
+
+def test_add_then_answers_a_listener_error_as_a_failure():
+    """A listener that raises once the write is durable fails the answer; it is not lost."""
+    node, store, _ = make_node()
+
+    def broken(keys: list, idem: list) -> None:
+        raise RuntimeError("listener bug")
+
+    node.subscribe(broken)
+    answers: list = []
+    node.add_then("c", 1, answers.append)
+    store.fire()
+    (failure,) = answers
+    assert failure.check(RuntimeError)
+    assert node.value("c") == 1
 
 
 # The crash-safety rule.

@@ -11,6 +11,8 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
+from twisted.logger import capturedLogs
+from twisted.python.failure import Failure
 
 from dcounter.counter import MAX_SLOT, order
 from dcounter.idempotency import Entry, Record
@@ -320,6 +322,75 @@ def test_failed_commit_fails_its_waiters_only(tmp_path):
     # The failed transaction left nothing behind.
     assert store.load() == {"c": {"r": (1, 0), "s": (1, 0)}}
     close(store)
+
+
+def test_save_then_tells_its_callable_after_the_commit_it_joined(tmp_path):
+    """
+    save_then joins the same group commit as save, and calls its callable
+    (no Deferred) with None once that commit is done.
+    """
+    store, worker = opened(tmp_path)
+    told: list[object] = []
+    first = store.save({"c": {"r": (1, 0)}})
+    store.save_then({"c": {"r": (2, 0)}}, told.append)
+    store.save_then({"d": {"r": (1, 0)}}, told.append)
+    worker.run_next()
+    assert result_of(first) is None
+    assert told == []
+    worker.run_next()
+    assert told == [None, None]
+    assert worker.transactions[1] == [("c", "r", 2, 0), ("d", "r", 1, 0)]
+    close(store)
+
+
+def test_save_then_is_told_of_a_failed_commit_and_of_a_stopped_store(tmp_path):
+    """A failed commit calls save_then's callable with the StoreError; a stopped store at once."""
+    store, worker = opened(tmp_path)
+    saboteur = sqlite3.connect(str(tmp_path / "dcounter.sqlite3"), isolation_level=None)
+    saboteur.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON slots WHEN NEW.counter = 'bad'"
+        " BEGIN SELECT RAISE(ABORT, 'refused'); END"
+    )
+    saboteur.close()
+    told: list[Failure | None] = []
+    store.save_then({"bad": {"r": (1, 0)}}, told.append)
+    worker.run_all()
+    (failure,) = told
+    assert failure is not None
+    failure.trap(StoreError)
+    close(store)
+    store.save_then({"c": {"r": (1, 0)}}, told.append)
+    assert len(told) == 2 and told[1] is not None and "stopped" in str(told[1].value)
+    assert worker.jobs == []
+
+
+def test_a_waiter_that_raises_leaves_the_others_told(tmp_path):
+    """
+    A callable that raises is logged; the other waiters of its commit are
+    still told, and the next commit still starts.
+    """
+    store, worker = opened(tmp_path)
+    told: list[object] = []
+
+    def broken(_: object) -> None:
+        raise RuntimeError("a bug in a waiter")
+
+    with capturedLogs() as events:
+        store.save_then({"c": {"r": (1, 0)}}, broken)
+        store.save_then({"c": {"r": (2, 0)}}, told.append)
+        later = store.save({"c": {"r": (3, 0)}})
+        worker.run_all()
+    assert told == [None]
+    assert result_of(later) is None
+    assert [e["log_failure"].value.args for e in events if "log_failure" in e] == [("a bug in a waiter",)]
+    close(store)
+
+
+def test_memory_store_save_then_is_told_at_once():
+    """A MemoryStore keeps nothing: save_then's callable is called before it returns."""
+    told: list[object] = []
+    MemoryStore(NODE).save_then({"c": {"r": (1, 0)}}, told.append)
+    assert told == [None]
 
 
 # Idempotency keys.
