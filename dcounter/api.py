@@ -694,9 +694,9 @@ class HotPaths:
         Answer a write once it is durable (or has failed).  A client that
         has left gets nothing; its write stands (as L{Node.add}'s).
         """
-        if request.channel is None:  # the connection is gone
+        if request.finished or getattr(request, "channel", None) is None:  # the connection is gone
             if isinstance(result, Failure):
-                self.api.log.failure("write to {name} failed after its caller left", result, name=name)
+                self.node.log.failure("write to {name} failed after its caller left", result, name=name)
             return
         if isinstance(result, Failure):
             self._finish(request, self.api.error_body(request, result))

@@ -159,11 +159,12 @@ class Node:
         def durable(failure: Failure | None) -> None:
             if failure is None:
                 try:
-                    answer(self._durable_one(None, name, slot, value))
-                    return
-                except Exception:
-                    failure = Failure()
-            answer(failure)
+                    result: int | Failure = self._durable_one(None, name, slot, value)
+                except Exception:  # a listener's bug: the write is durable, its answer fails
+                    result = Failure()
+            else:
+                result = failure
+            answer(result)  # once: if it raises, the store logs it
 
         self.store.save_then({name: {self.replica: slot}}, durable)
 

@@ -100,7 +100,8 @@ class Store(Protocol):
         L{save} of slots alone, without a Deferred: C{done} is called with
         None once they are durable, or with the failure (at once, if the
         store is not running).  For a write's hot path, where the Deferreds
-        chained on L{save} cost more than a quarter of a node's CPU.
+        chained on L{save} cost about 30 us a write (10 to 15% of a node's
+        CPU under wrk).
         """
 
     def start(self) -> None: ...

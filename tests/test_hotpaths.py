@@ -15,8 +15,8 @@ from twisted.web.client import ResponseNeverReceived
 from twisted.web.resource import Resource
 
 from dcounter.counter import MAX_SLOT
-from dcounter.store import Durable, StoreError
-from tests.support import Network, TestNode, address, told
+from dcounter.store import Durable, SQLiteStore, StoreError
+from tests.support import ManualWorker, Network, TestNode, address, result_of, told
 
 A, B = address(9001), address(9002)
 
@@ -198,6 +198,36 @@ def test_a_failed_commit_is_a_503(slow: tuple[Network, TestNode, SlowStore]) -> 
     body: list[bytes] = []
     response.content().addBoth(body.append)
     assert b"disk full" in body[0]
+
+
+def test_writes_to_a_data_directory_are_answered_after_their_commit(tmp_path: Any) -> None:
+    """
+    With a real SQLite store: writes are answered once their group commit
+    is done, with the values they made; one whose client left stands.
+    """
+    net = Network()
+    a = net.add(9001)
+    worker = ManualWorker()
+    store = SQLiteStore(str(tmp_path), a.node.node_id, worker)
+    store.start()
+    a.node.store = store
+    answered: list[Any] = []
+    net.request("POST", f"http://{A}/counters/x/increment", json={"by": 2}).addBoth(answered.append)
+    left = net.request("POST", f"http://{A}/counters/x/decrement")
+    net.settle()
+    left.cancel()  # that client hangs up before the commit
+    left.addErrback(lambda _: None)
+    net.settle()
+    assert answered == [] and len(worker.jobs) == 1
+    worker.run_all()
+    net.settle()
+    (response,) = answered
+    body: list[bytes] = []
+    response.content().addBoth(body.append)
+    assert (response.code, body) == (200, [b'{"name":"x","count":2,"node_id":"127.0.0.1:9001"}\n'])
+    assert worker.transactions == [[("x", a.node.replica, 2, 0)], [("x", a.node.replica, 2, 1)]]
+    assert a.node.value("x") == 1
+    assert result_of(store.stop()) is None
 
 
 class Recording(Resource):

@@ -265,6 +265,26 @@ def test_add_then_answers_a_listener_error_as_a_failure():
     assert node.value("c") == 1
 
 
+def test_add_then_answers_once_even_if_the_answer_raises(tmp_path):
+    """An answer that raises is called once, not again with its own error; the store logs it."""
+    worker = ManualWorker()
+    store = SQLiteStore(str(tmp_path), NODE, worker)
+    store.start()
+    node = Node(store, "dcounter", Clock())
+    calls: list = []
+
+    def answer(result: object) -> None:
+        calls.append(result)
+        raise RuntimeError("answer bug")
+
+    with capturedLogs() as events:
+        node.add_then("c", 1, answer)
+        worker.run_all()
+    assert calls == [1]
+    assert [e["log_failure"].value.args for e in events if "log_failure" in e] == [("answer bug",)]
+    assert result_of(store.stop()) is None
+
+
 # The crash-safety rule.
 
 

@@ -364,6 +364,19 @@ def test_save_then_is_told_of_a_failed_commit_and_of_a_stopped_store(tmp_path):
     assert worker.jobs == []
 
 
+def test_save_then_on_a_store_not_started_is_told_at_once(tmp_path):
+    """Before start(), save_then's callable hears a StoreError at once; nothing is queued."""
+    worker = ManualWorker()
+    store = SQLiteStore(str(tmp_path), NODE, worker)
+    told: list[Failure | None] = []
+    store.save_then({"c": {"r": (1, 0)}}, told.append)
+    (failure,) = told
+    assert failure is not None and failure.check(StoreError) and "not started" in str(failure.value)
+    assert worker.jobs == []
+    store.start()
+    close(store)
+
+
 def test_a_waiter_that_raises_leaves_the_others_told(tmp_path):
     """
     A callable that raises is logged; the other waiters of its commit are
