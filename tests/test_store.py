@@ -50,6 +50,16 @@ def saved(store: SQLiteStore, worker: ManualWorker, state: dict) -> None:
     assert result_of(d) is None
 
 
+def refuse_counter(directory, counter: str) -> None:
+    """Make every commit that writes C{counter} in C{directory}'s database fail (a trigger)."""
+    saboteur = sqlite3.connect(str(directory / "dcounter.sqlite3"), isolation_level=None)
+    saboteur.execute(
+        f"CREATE TRIGGER refuse BEFORE INSERT ON slots WHEN NEW.counter = '{counter}'"
+        " BEGIN SELECT RAISE(ABORT, 'refused'); END"
+    )
+    saboteur.close()
+
+
 # MemoryStore.
 
 
@@ -308,12 +318,7 @@ def test_save_after_stop_fails_instead_of_hanging(tmp_path):
 def test_failed_commit_fails_its_waiters_only(tmp_path):
     """A transaction that fails errbacks its saves with StoreError; later saves still commit."""
     store, worker = opened(tmp_path)
-    saboteur = sqlite3.connect(str(tmp_path / "dcounter.sqlite3"), isolation_level=None)
-    saboteur.execute(
-        "CREATE TRIGGER refuse BEFORE INSERT ON slots WHEN NEW.counter = 'bad'"
-        " BEGIN SELECT RAISE(ABORT, 'refused'); END"
-    )
-    saboteur.close()
+    refuse_counter(tmp_path, "bad")
     saved(store, worker, {"c": {"r": (1, 0)}})
     bad = store.save({"bad": {"r": (1, 0)}, "c": {"r": (2, 0)}})
     worker.run_all()
@@ -346,12 +351,7 @@ def test_save_then_tells_its_callable_after_the_commit_it_joined(tmp_path):
 def test_save_then_is_told_of_a_failed_commit_and_of_a_stopped_store(tmp_path):
     """A failed commit calls save_then's callable with the StoreError; a stopped store at once."""
     store, worker = opened(tmp_path)
-    saboteur = sqlite3.connect(str(tmp_path / "dcounter.sqlite3"), isolation_level=None)
-    saboteur.execute(
-        "CREATE TRIGGER refuse BEFORE INSERT ON slots WHEN NEW.counter = 'bad'"
-        " BEGIN SELECT RAISE(ABORT, 'refused'); END"
-    )
-    saboteur.close()
+    refuse_counter(tmp_path, "bad")
     told: list[Failure | None] = []
     store.save_then({"bad": {"r": (1, 0)}}, told.append)
     worker.run_all()
