@@ -94,7 +94,7 @@ def fmt(value: Any, figure: str = "") -> str:
         return value
     if isinstance(value, float) and value != value:
         return "n/a"
-    if "CPU" in figure and abs(value) < 1:
+    if "CPU" in figure and " us " not in figure and abs(value) < 1:  # CPU-seconds a second
         return f"{value:.4f}"
     if "MB" in figure or " ms" in figure:
         return f"{value:.1f}"
@@ -109,7 +109,7 @@ def run_one(name: str, quick: bool, sizes: list[int] | None, rows: list[tuple[st
     """
     if name == "hotpath":
         for figure, value in hotpath.run(quick).items():
-            unit = "" if "/" in figure or "CPU" in figure else " increments/s"
+            unit = " increments/s" if figure in ("twisted.web", "klein", "memory", "data-dir") else ""
             rows.append(("1 one node, one core", figure + unit, value))
     elif name == "replication":
         for figure, value in replication.run(quick).items():

@@ -70,6 +70,26 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
+def side_threads(pid: int) -> tuple[float, int]:
+    """
+    CPU seconds used so far by a process's threads other than its main one
+    (a node with a data directory: its commit thread), and the context
+    switches of all its threads (Linux /proc).
+    """
+    ticks = switches = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            if int(task.name) != pid:
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                ticks += int(fields[11]) + int(fields[12])  # utime, stime
+            for line in (task / "status").read_text().splitlines():
+                if "ctxt_switches:" in line:  # voluntary and not
+                    switches += int(line.split()[1])
+        except FileNotFoundError:  # a thread that ended meanwhile
+            continue
+    return ticks / os.sysconf("SC_CLK_TCK"), switches
+
+
 def percentile(values: Sequence[float], p: float) -> float:
     ordered = sorted(values)
     if not ordered:

@@ -13,7 +13,9 @@ all four alike.  Each rate is the median of its rounds; each ratio to the
 bare resource is the median of the rounds' own ratios (the servers of a
 round measured back to back), so that the machine slowing down or speeding
 up between rounds does not move it.  Prints increments/s, the ratios (goals:
->= 0.85 in memory, >= 0.75 with data) and each round's ratios.
+>= 0.85 in memory, >= 0.75 with data) and each round's ratios; each
+server's CPU per increment, and for dcounter the part of it its commit
+thread used and the context switches of all its threads per increment.
 """
 
 from __future__ import annotations
@@ -27,7 +29,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, Client, Cluster, free_port, pinned, process_cpu_seconds, wait_for, wrk
+from common import (
+    ROOT,
+    Client,
+    Cluster,
+    free_port,
+    pinned,
+    process_cpu_seconds,
+    side_threads,
+    wait_for,
+    wrk,
+)
 
 FLOOR = str(ROOT / "benchmarks" / "floor.py")
 
@@ -52,6 +64,8 @@ def run(quick: bool, seconds: float | None = None, rounds: int | None = None) ->
     rounds = rounds or (1 if quick else 7)
     results: dict[str, list[float]] = {"twisted.web": [], "klein": [], "memory": [], "data-dir": []}
     cpu: dict[str, list[float]] = {name: [] for name in results}  # server CPU us per increment
+    side: dict[str, list[float]] = {"memory": [], "data-dir": []}  # other threads' CPU us per increment
+    switches: dict[str, list[float]] = {"memory": [], "data-dir": []}  # per increment
     with tempfile.TemporaryDirectory() as tmp:
         cluster = Cluster(Path(tmp))
         memory = cluster.add(in_memory=True, prefix=pinned("0"))
@@ -70,10 +84,15 @@ def run(quick: bool, seconds: float | None = None, rounds: int | None = None) ->
                 wrk(f"http://127.0.0.1:{port}/increment", 1)  # warm-up, not counted
             for _ in range(rounds):
                 for name, (pid, port) in targets.items():
-                    before = process_cpu_seconds([pid])
+                    before, side_before = process_cpu_seconds([pid]), side_threads(pid)
                     rate = wrk(f"http://127.0.0.1:{port}/increment", seconds)
                     results[name].append(rate)
-                    cpu[name].append(1e6 * (process_cpu_seconds([pid]) - before) / (rate * seconds))
+                    done = rate * seconds
+                    cpu[name].append(1e6 * (process_cpu_seconds([pid]) - before) / done)
+                    if name in side:
+                        side_after = side_threads(pid)
+                        side[name].append(1e6 * (side_after[0] - side_before[0]) / done)
+                        switches[name].append((side_after[1] - side_before[1]) / done)
                     time.sleep(0.5)  # let the server's queues drain between runs
         finally:
             cluster.stop()
@@ -83,6 +102,9 @@ def run(quick: bool, seconds: float | None = None, rounds: int | None = None) ->
     figures: dict[str, Any] = {name: statistics.median(values) for name, values in results.items()}
     for name, values in cpu.items():
         figures[f"{name} server CPU us per increment"] = statistics.median(values)
+    for name in side:
+        figures[f"{name}: CPU us per increment outside the reactor's thread"] = statistics.median(side[name])
+        figures[f"{name}: context switches per increment"] = f"{statistics.median(switches[name]):.2f}"
     bare = results["twisted.web"]
     for name in ("klein", "memory", "data-dir"):
         ratios = [ours / floor for ours, floor in zip(results[name], bare, strict=True)]
