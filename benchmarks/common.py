@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 from tests.integration.harness import (  # noqa: E402
     Cluster,
     Node,
+    cpu_ticks,
     free_port,
     free_ports,
     process_cpu_seconds,
@@ -80,8 +81,7 @@ def side_threads(pid: int) -> tuple[float, int]:
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             if int(task.name) != pid:
-                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-                ticks += int(fields[11]) + int(fields[12])  # utime, stime
+                ticks += cpu_ticks(task / "stat")
             for line in (task / "status").read_text().splitlines():
                 if "ctxt_switches:" in line:  # voluntary and not
                     switches += int(line.split()[1])

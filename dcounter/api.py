@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import signal
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -651,7 +650,7 @@ class HotPaths:
                     )
             elif path == b"/sync":
                 if method == b"POST":
-                    return self._when(request, self.api.peer_sync(request), None, None)
+                    return self._when(request, self.api.peer_sync(request))
             elif path.startswith(_COUNTERS) and b"%" not in path:
                 name, slash, action = path[len(_COUNTERS) :].partition(b"/")
                 if name and name.isascii():
@@ -694,9 +693,9 @@ class HotPaths:
         Answer a write once it is durable (or has failed).  A client that
         has left gets nothing; its write stands (as L{Node.add}'s).
         """
-        if request.finished or getattr(request, "channel", None) is None:  # the connection is gone
+        if self._gone(request):
             if isinstance(result, Failure):
-                self.node.log.failure("write to {name} failed after its caller left", result, name=name)
+                self.node.failed_unheard(name, result)
             return
         if isinstance(result, Failure):
             self._finish(request, self.api.error_body(request, result))
@@ -704,55 +703,38 @@ class HotPaths:
             self._finish(request, self._ok(request, b"%s%d%s" % (prefix, result, self._node_id)))
 
     @staticmethod
+    def _gone(request: Any) -> bool:
+        """Whether the client has left (Twisted drops the request's channel then)."""
+        return bool(request.finished) or getattr(request, "channel", None) is None
+
+    @staticmethod
     def _finish(request: Any, data: bytes) -> None:
         request.setHeader(b"Content-Length", b"%d" % len(data))
         request.write(data)
         request.finish()
 
-    def _when(
-        self,
-        request: Any,
-        answer: Deferred[Any],
-        render: Callable[[Any], bytes] | None,
-        left: Callable[[], object] | None,
-    ) -> Any:
+    def _when(self, request: Any, answer: Deferred[bytes]) -> Any:
         """
-        Answer with C{render} of what C{answer} gives (as it is, without
-        C{render}; an error as Klein would): at once if it has fired (a store
-        in memory), else later.  C{left} is called if the client goes away
-        first.
+        Answer with the body C{answer} gives (an error as Klein would): at
+        once if it has fired (a store in memory), else once it does, unless
+        the client has left by then.
         """
-        now: list[Any] = []
-        gone = False
+        now: list[bytes | Failure] = []
 
-        def body(result: Any) -> bytes:
-            if not isinstance(result, Failure):
-                if render is None:
-                    return result  # type: ignore[no-any-return]
-                try:
-                    return render(result)
-                except Exception:
-                    result = Failure()
-            return self.api.error_body(request, result)
+        def body(result: bytes | Failure) -> bytes:
+            return self.api.error_body(request, result) if isinstance(result, Failure) else result
 
-        def later(result: Any) -> None:
+        def later(result: bytes | Failure) -> None:
             if not waiting:
                 now.append(result)
-            elif not gone:
+            elif not self._gone(request):
                 self._finish(request, body(result))
-
-        def lost(_: object) -> None:
-            nonlocal gone
-            gone = True
-            if left is not None:
-                left()
 
         waiting = False
         answer.addBoth(later)
         if now:
             return body(now[0])
         waiting = True
-        request.notifyFinish().addErrback(lost)
         return NOT_DONE_YET
 
 

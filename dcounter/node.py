@@ -208,8 +208,12 @@ class Node:
         """
         if not answer.called:
             answer.callback(result) if not isinstance(result, Failure) else answer.errback(result)
-        elif isinstance(result, Failure):  # the caller left: nobody else will say it
-            self.log.failure("write to {name} failed after its caller left", result, name=name)
+        elif isinstance(result, Failure):
+            self.failed_unheard(name, result)
+
+    def failed_unheard(self, name: str, failure: Failure) -> None:
+        """A write to C{name} failed after its caller left: nobody else will say it."""
+        self.log.failure("write to {name} failed after its caller left", failure, name=name)
 
     def add_many(self, amounts: Mapping[str, int]) -> Deferred[dict[str, int]]:
         """

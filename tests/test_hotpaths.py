@@ -14,6 +14,7 @@ from twisted.logger import capturedLogs
 from twisted.web.client import ResponseNeverReceived
 from twisted.web.resource import Resource
 
+from dcounter import wire
 from dcounter.counter import MAX_SLOT
 from dcounter.store import Durable, SQLiteStore, StoreError
 from tests.support import ManualWorker, Network, TestNode, address, result_of, told
@@ -228,6 +229,29 @@ def test_writes_to_a_data_directory_are_answered_after_their_commit(tmp_path: An
     assert worker.transactions == [[("x", a.node.replica, 2, 0)], [("x", a.node.replica, 2, 1)]]
     assert a.node.value("x") == 1
     assert result_of(store.stop()) is None
+
+
+def test_a_push_whose_sender_left_before_the_commit_is_merged_and_not_answered(
+    slow: tuple[Network, TestNode, SlowStore],
+) -> None:
+    """A peer that hangs up on its push still has it merged; nothing is written to the dead request."""
+    net, a, store = slow
+    b = net.add(9002)
+    net.mesh()
+    a.node.merge({"hits": {f"{B}/inc": (0, 0)}})  # nothing pending in the store from the mesh
+    store.commit()
+    sync = wire.Sync(B, b.node.identity.incarnation, a.node.cluster, {"hits": {f"{B}/inc": (3, 0)}})
+    d = net.request("POST", f"http://{A}/sync", json=wire.encode_sync(sync))
+    net.settle()
+    assert store.pending  # the answer waits for the commit
+    d.cancel()
+    d.addErrback(lambda _: None)
+    net.settle()
+    with capturedLogs() as events:
+        store.commit()
+        net.settle()
+    assert [e for e in events if "log_failure" in e] == []
+    assert a.node.value("hits") == 3
 
 
 class Recording(Resource):

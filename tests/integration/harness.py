@@ -323,8 +323,10 @@ def process_cpu_seconds(pids: Iterable[int]) -> float:
     """
     User and system CPU time used so far by these processes (Linux /proc).
     """
-    ticks = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    return ticks / os.sysconf("SC_CLK_TCK")
+    return sum(cpu_ticks(Path(f"/proc/{pid}/stat")) for pid in pids) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ticks(stat: Path) -> int:
+    """User and system CPU time, in clock ticks, from a process's or a thread's /proc stat file."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime, stime
