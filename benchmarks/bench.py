@@ -9,7 +9,8 @@ and the load average to benchmarks/results/.
 1. hotpath.py: one node on one core, wrk on the other, beside a bare
    twisted.web resource and a bare Klein route.
 2. replication.py: a three-node cluster: increments/s while replicating,
-   replication lag at rest and at half the maximum rate.
+   replication lag at rest (beside the floor of its polls) and at half the
+   maximum rate.
 3. scale.py: 10, 50 and 100 nodes (--sizes to choose), packed 10 nodes
    to a process (benchmarks/multinode.py).
 4. memory.py: RSS at rest and after 1,000,000 increments over 10,000

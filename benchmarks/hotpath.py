@@ -15,7 +15,8 @@ round measured back to back), so that the machine slowing down or speeding
 up between rounds does not move it.  Prints increments/s, the ratios (goals:
 >= 0.85 in memory, >= 0.75 with data) and each round's ratios; each
 server's CPU per increment, and for dcounter the part of it its commit
-thread used and the context switches of all its threads per increment.
+thread used and the context switches of all its threads per increment;
+with a data directory, the increments that shared each commit.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from common import (
     Client,
     Cluster,
     free_port,
+    metric,
     pinned,
     process_cpu_seconds,
     side_threads,
@@ -42,6 +44,8 @@ from common import (
 )
 
 FLOOR = str(ROOT / "benchmarks" / "floor.py")
+#: The store's commits so far (the count of its commit-duration histogram).
+COMMITS = "dcounter_store_commit_duration_seconds_count"
 
 
 def floor_server(kind: str) -> tuple[subprocess.Popen[bytes], int]:
@@ -66,6 +70,7 @@ def run(quick: bool, seconds: float | None = None, rounds: int | None = None) ->
     cpu: dict[str, list[float]] = {name: [] for name in results}  # server CPU us per increment
     side: dict[str, list[float]] = {"memory": [], "data-dir": []}  # other threads' CPU us per increment
     switches: dict[str, list[float]] = {"memory": [], "data-dir": []}  # per increment
+    group: list[float] = []  # increments per commit, with a data directory
     with tempfile.TemporaryDirectory() as tmp:
         cluster = Cluster(Path(tmp))
         memory = cluster.add(in_memory=True, prefix=pinned("0"))
@@ -85,6 +90,7 @@ def run(quick: bool, seconds: float | None = None, rounds: int | None = None) ->
             for _ in range(rounds):
                 for name, (pid, port) in targets.items():
                     before, side_before = process_cpu_seconds([pid]), side_threads(pid)
+                    commits = metric(port, COMMITS) if name == "data-dir" else 0.0
                     rate = wrk(f"http://127.0.0.1:{port}/increment", seconds)
                     results[name].append(rate)
                     done = rate * seconds
@@ -93,6 +99,8 @@ def run(quick: bool, seconds: float | None = None, rounds: int | None = None) ->
                         side_after = side_threads(pid)
                         side[name].append(1e6 * (side_after[0] - side_before[0]) / done)
                         switches[name].append((side_after[1] - side_before[1]) / done)
+                    if name == "data-dir":
+                        group.append(done / max(1.0, metric(port, COMMITS) - commits))
                     time.sleep(0.5)  # let the server's queues drain between runs
         finally:
             cluster.stop()
@@ -105,6 +113,7 @@ def run(quick: bool, seconds: float | None = None, rounds: int | None = None) ->
     for name in side:
         figures[f"{name}: CPU us per increment outside the reactor's thread"] = statistics.median(side[name])
         figures[f"{name}: context switches per increment"] = f"{statistics.median(switches[name]):.2f}"
+    figures["data-dir: increments per commit"] = f"{statistics.median(group):.1f}"
     bare = results["twisted.web"]
     for name in ("klein", "memory", "data-dir"):
         ratios = [ours / floor for ours, floor in zip(results[name], bare, strict=True)]
