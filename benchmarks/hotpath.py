@@ -89,8 +89,8 @@ def run(quick: bool, seconds: float | None = None, rounds: int | None = None) ->
                 wrk(f"http://127.0.0.1:{port}/increment", 1)  # warm-up, not counted
             for _ in range(rounds):
                 for name, (pid, port) in targets.items():
-                    before, side_before = process_cpu_seconds([pid]), side_threads(pid)
                     commits = metric(port, COMMITS) if name == "data-dir" else 0.0
+                    before, side_before = process_cpu_seconds([pid]), side_threads(pid)
                     rate = wrk(f"http://127.0.0.1:{port}/increment", seconds)
                     results[name].append(rate)
                     done = rate * seconds
@@ -100,7 +100,10 @@ def run(quick: bool, seconds: float | None = None, rounds: int | None = None) ->
                         side[name].append(1e6 * (side_after[0] - side_before[0]) / done)
                         switches[name].append((side_after[1] - side_before[1]) / done)
                     if name == "data-dir":
-                        group.append(done / max(1.0, metric(port, COMMITS) - commits))
+                        committed = metric(port, COMMITS) - commits
+                        if committed <= 0:
+                            raise RuntimeError(f"no commit counted in {COMMITS} under load: renamed?")
+                        group.append(done / committed)
                     time.sleep(0.5)  # let the server's queues drain between runs
         finally:
             cluster.stop()

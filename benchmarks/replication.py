@@ -40,7 +40,8 @@ def lag_samples(
     """
     C{count} lags, in seconds, C{gap} seconds apart; and each followed by a
     floor, appended to C{floors} if given: the same polls, after an answer
-    from A, of readers that have nothing to wait for.
+    from A, of readers that have nothing to wait for (then the samples are
+    twice C{gap} apart, and the floor's polls).
     """
     writer = Client(a)
     readers = [Client(p) for p in others]
