@@ -354,7 +354,8 @@ class CounterAPI:
         auth = self._peer_auth(request, body, "a peer's digest")
         message = wire.decode_digest(body, digest.BUCKETS * digest.WIDTH)
         self._same_sender(auth, message.sender, "a digest")
-        answer = wire.encode_digest_reply(self.replicator.received_digest(message))
+        before = wire.keys_before(request.args.get(b"keys_before"))
+        answer = wire.encode_digest_reply(self.replicator.received_digest(message, before))
         return self._peer_reply(request, auth, answer)
 
     @app.route("/probe", methods=["POST"])

@@ -141,10 +141,14 @@ class PeerClient:
         to: str = "",
         signed: bool = True,
         replication: bool = False,
+        query: str = "",
     ) -> tuple[bytes, wire.Auth | None]:
         """
         @param to: the node id the request is for, bound into its MAC (""
             for a request any node may take).
+        @param query: a query string for the URL ("?..."); the MAC binds the
+            path only, as the receiver checks it.  What the query asks for
+            must be checked in the signed answer.
         @param signed: with a key, sign the request and take only a signed
             answer (a node-to-node message); else a plain client's read.
         @return: the answer's body, and its verified signature (None when
@@ -162,7 +166,7 @@ class PeerClient:
         http = self._replication_http if replication else self._http
         response = await http.request(
             method,
-            peer_url(address, path),
+            peer_url(address, path + query),
             reactor=self._clock,
             allow_redirects=False,
             unbuffered=True,
@@ -266,17 +270,27 @@ class PeerClient:
 
         return self._deadline(go(), None).addCallbacks(pushed, failed)
 
-    def digest(self, address: str, message: wire.Digest, buckets: int) -> Deferred[wire.DigestReply]:
+    def digest(
+        self, address: str, message: wire.Digest, buckets: int, keys_before: float | None = None
+    ) -> Deferred[wire.DigestReply]:
         """
         Open a digest anti-entropy round (POST /digest): send our summary,
         return the peer's answer.  Counted in the metrics as a push-pull,
         with the bytes of both bodies.  A peer that does not know the path
         (an older node) fails with a L{PeerError} of code 404.
+
+        @param keys_before: ask for the digest of the peer's idempotency
+            keys with no entry after this time, and the newer ones that
+            write the counters it sends (C{?keys_before=}: a node older than
+            this ignores it, and echoes nothing).
         """
         data = json.dumps(wire.encode_digest(message), separators=(",", ":")).encode()
+        query = "" if keys_before is None else f"?keys_before={keys_before!r}"
 
         async def go() -> wire.DigestReply:
-            body, auth = await self._call("POST", address, "/digest", data, to=address, replication=True)
+            body, auth = await self._call(
+                "POST", address, "/digest", data, to=address, replication=True, query=query
+            )
             try:
                 reply = wire.decode_digest_reply(body, buckets)
             except wire.MalformedMessage as e:

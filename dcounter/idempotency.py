@@ -73,6 +73,9 @@ class Record:
     def first(self) -> float:
         return min(e.at for e in self.entries.values())
 
+    def last(self) -> float:
+        return max(e.at for e in self.entries.values())
+
     def adjustment(self) -> dict[str, int]:
         """
         What this key changes in each counter's value beyond its slots:
@@ -116,6 +119,9 @@ class KeyBook:
         self._adjust: dict[str, int] = {}
         #: keys with a loser nobody settled yet: the only ones to settle
         self._conflicts: set[str] = set()
+        #: The time of the newest entry ever recorded or merged (forgetting
+        #: keys leaves it), 0 for none: no record has an entry newer.
+        self.newest = 0.0
 
     def __len__(self) -> int:
         return len(self._records)
@@ -155,6 +161,7 @@ class KeyBook:
             self._conflicts.discard(key)
             return
         self._records[key] = record
+        self.newest = max(self.newest, record.last())
         if len(record.entries) > 1 and any(not record.settled.get(loser) for loser in record.losers()):
             self._conflicts.add(key)
         else:
@@ -250,6 +257,21 @@ class KeyBook:
                 self._update(key, None)
             gone += extra
         return gone
+
+    def touching(self, counters: Iterable[str], after: float) -> list[str]:
+        """
+        The keys with an entry newer than C{after} that write one of
+        C{counters}.
+        """
+        wanted = set(counters)
+        if not wanted or self.newest <= after:
+            return []
+        return [
+            key
+            for key, record in self._records.items()
+            if record.last() > after
+            and any(name in wanted for e in record.entries.values() for name, _, _ in e.writes)
+        ]
 
     def state(self, keys: Iterable[str] | None = None) -> dict[str, Record]:
         """A copy of the records: all, or those of C{keys} still known."""

@@ -243,8 +243,7 @@ def _entry(value: object) -> Entry:
     if not isinstance(value, list) or len(value) != 3:
         raise MalformedMessage("each key entry must be [at, digest, writes]")
     at, digest, writes = value
-    if isinstance(at, bool) or not isinstance(at, int | float) or not 0 <= at < 1e12:
-        raise MalformedMessage("a key entry's time must be a number of seconds")
+    at = _time(at, "a key entry's time")
     if not isinstance(digest, str) or len(digest) > 128:
         raise MalformedMessage("a key entry's digest must be a short string")
     if not isinstance(writes, list) or not 1 <= len(writes) <= MAX_BATCH:
@@ -259,7 +258,7 @@ def _entry(value: object) -> Entry:
             if isinstance(v, bool) or not isinstance(v, int) or not -MAX_SLOT <= v <= MAX_SLOT:
                 raise MalformedMessage("a key entry's amounts and counts must be 64-bit integers")
         out.append((name, amt, count))
-    return Entry(float(at), digest, tuple(out))
+    return Entry(at, digest, tuple(out))
 
 
 def decode_keys(value: object) -> dict[str, Record]:
@@ -433,6 +432,12 @@ class DigestReply:
     state: State
     members: tuple[str, ...] = ()
     keys: str = ""
+    #: The asker's C{keys_before}, echoed (None if it gave none: then
+    #: C{keys} covers every key, as from a node older than this field).
+    keys_before: float | None = None
+    #: Keys with an entry after C{keys_before} that write a counter of
+    #: C{state}: they travel with those slots, whole.
+    recent: KeyState = field(default_factory=dict)
 
 
 #: The length of a L{keys_digest}, in hexadecimal digits.
@@ -503,8 +508,13 @@ def decode_digest_reply(body: bytes, buckets: int) -> DigestReply:
     Decode a L{DigestReply} naming buckets from 0 to C{buckets} - 1.
     """
     obj = json_object(body)
-    only(obj, "from", "incarnation", "cluster", "buckets", "state", "members", "keys")
+    only(
+        obj, "from", "incarnation", "cluster", "buckets", "state", "members", "keys", "keys_before", "recent"
+    )
     _required(obj, "from", "incarnation", "cluster", "buckets", "state")
+    before = obj.get("keys_before")
+    if before is not None:
+        before = _time(before, "'keys_before'")
     keys = obj.get("keys", "")
     if not isinstance(keys, str) or not re.fullmatch(f"(?:[0-9a-f]{{{KEYS_DIGEST_SIZE}}})?", keys):
         raise MalformedMessage(f"'keys' must be {KEYS_DIGEST_SIZE} hexadecimal digits")
@@ -523,11 +533,13 @@ def decode_digest_reply(body: bytes, buckets: int) -> DigestReply:
         state=decode_state(obj["state"]),
         members=_members(obj),
         keys=keys,
+        keys_before=before,
+        recent=decode_keys(obj["recent"]) if "recent" in obj else {},
     )
 
 
 def encode_digest_reply(msg: DigestReply) -> dict[str, Any]:
-    out = {
+    out: dict[str, Any] = {
         "from": msg.sender,
         "incarnation": msg.incarnation,
         "cluster": msg.cluster,
@@ -537,7 +549,33 @@ def encode_digest_reply(msg: DigestReply) -> dict[str, Any]:
     }
     if msg.keys:
         out["keys"] = msg.keys
+    if msg.keys_before is not None:
+        out["keys_before"] = msg.keys_before
+    if msg.recent:
+        out["recent"] = encode_keys(msg.recent)
     return out
+
+
+def _time(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e12:
+        raise MalformedMessage(f"{what} must be a number of seconds")
+    return float(value)
+
+
+def keys_before(values: list[bytes] | None) -> float | None:
+    """
+    The C{keys_before} query parameter of a digest (POST /digest): None
+    (absent), or a time in seconds.
+    """
+    if values is None:
+        return None
+    if len(values) != 1:
+        raise MalformedMessage("give 'keys_before' at most once")
+    try:
+        value = float(values[0].decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        raise MalformedMessage("'keys_before' must be a number of seconds") from None
+    return _time(value, "'keys_before'")
 
 
 @dataclass(frozen=True)

@@ -97,12 +97,18 @@ def test_retry_on_another_node_after_replication_is_a_replay(net: Network) -> No
 
 
 @pytest.mark.parametrize("first", [9001, 9002])
-def test_key_counted_on_both_sides_of_a_cut_counts_once_after_healing(net: Network, first: int) -> None:
+@pytest.mark.parametrize("start", [0.0, 1000.0])
+def test_key_counted_on_both_sides_of_a_cut_counts_once_after_healing(
+    net: Network, first: int, start: float
+) -> None:
     """
     A accepts a keyed write it cannot replicate; the client retries on B,
     which counts it too.  Once they meet, both read it once, and the loser
     (the higher replica id) takes its copy back in its own slot, once.
+    From a clock at 0 the keys are older than the rounds' C{keys_before}
+    (whole-state rounds); from 1000, younger (slots with their keys).
     """
+    net.clock.advance(start)
     a, b = net.add(9001), net.add(9002)
     net.mesh()
     one, other = (a, b) if first == 9001 else (b, a)

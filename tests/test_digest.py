@@ -9,14 +9,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.web.resource import Resource
 
 from dcounter import digest, wire
+from dcounter.idempotency import Entry, Record
 from dcounter.wire import Digest, DigestReply, MalformedMessage
 from tests.support import CLUSTER, Network
-from tests.test_wire import addresses, json_values, states, tokens
+from tests.test_wire import addresses, counts, json_values, names, states, tokens
 
 SIZE = digest.BUCKETS * digest.WIDTH
 
@@ -66,6 +68,26 @@ replies = st.builds(
     state=states,
     members=st.lists(addresses, max_size=5).map(tuple),
     keys=st.one_of(st.just(""), st.text("0123456789abcdef", min_size=32, max_size=32)),
+    keys_before=st.one_of(st.none(), st.floats(0, 1e11)),
+    recent=st.dictionaries(
+        tokens,
+        st.builds(
+            Record,
+            entries=st.dictionaries(
+                tokens,
+                st.builds(
+                    Entry,
+                    at=st.floats(0, 1e11),
+                    digest=tokens,
+                    writes=st.lists(st.tuples(names, counts, counts), min_size=1, max_size=3).map(tuple),
+                ),
+                min_size=1,
+                max_size=2,
+            ),
+            settled=st.just({}),
+        ),
+        max_size=3,
+    ),
 )
 
 
@@ -212,6 +234,15 @@ def test_malformed_digest_is_400():
     assert a.count() == 3
 
 
+@pytest.mark.parametrize("query", ["nan", "inf", "-1", "1e12", "abc", "", "1&keys_before=2"])
+def test_bad_keys_before_is_400(query):
+    net = Network()
+    a = net.add(9001)
+    reply = net.call("POST", a.id, f"/digest?keys_before={query}", json={**GOOD_DIGEST, "cluster": CLUSTER})
+    assert reply.code == 400
+    assert "keys_before" in reply.json["error"]
+
+
 class _BeforeDigests(Resource):
     """A node of the release before /digest: that path is a 404."""
 
@@ -313,6 +344,109 @@ def test_round_carries_keys_a_peer_missed():
     assert len(bodies(net, "/sync", b.id)) > syncs
     retry = keyed_write(net, b.id, "k-1")
     assert (retry.code, retry.header("Idempotent-Replayed")) == (200, "true")
+    assert a.count() == b.count() == 3
+
+
+def whole_rounds(net: Network) -> int:
+    """The whole-state push-pulls so far: syncs that ask for a reply."""
+    return sum(1 for s in net.requests("POST", "/sync") if s.body and s.body.get("reply"))
+
+
+def lost_keyed_write(net: Network, a: Any, b: Any, key: str) -> None:
+    """A keyed write on A whose push to B is lost for good."""
+    net.cut(b.id)
+    assert keyed_write(net, a.id, key).code == 200
+    net.heal(b.id)
+    a.replicator._outbox.clear()
+    a.replicator._key_outbox.clear()
+
+
+def test_recent_key_a_peer_lacks_travels_with_its_slots():
+    """
+    A keyed write younger than RECENT_KEYS that B lacks (as a push still on
+    its way, under a steady flow of keyed writes) leaves the round a digest
+    round: the slot goes to B with its key, so a retry on B is a replay.
+    """
+    net = Network()
+    net.clock.advance(1000)
+    a, b = net.add_many(2)
+    net.mesh()
+    lost_keyed_write(net, a, b, "k-1")
+    a.replicator.exchange(b.id)
+    net.settle()
+    assert whole_rounds(net) == 0
+    assert "k-1" in b.node.counters.keys.state()
+    retry = keyed_write(net, b.id, "k-1")
+    assert (retry.code, retry.header("Idempotent-Replayed")) == (200, "true")
+    assert a.count() == b.count() == 3
+
+
+def test_recent_key_of_the_answering_side_comes_with_its_slots():
+    """The same the other way: B's answer carries its slot and the recent key it counts."""
+    net = Network()
+    net.clock.advance(1000)
+    a, b = net.add_many(2)
+    net.mesh()
+    lost_keyed_write(net, b, a, "k-1")
+    a.replicator.exchange(b.id)
+    net.settle()
+    assert whole_rounds(net) == 0
+    assert "k-1" in a.node.counters.keys.state()
+    assert a.count() == b.count() == 3
+
+
+def test_older_key_a_peer_lacks_makes_the_round_whole():
+    """A keyed write older than RECENT_KEYS that B lacks was lost: the round is the whole push-pull."""
+    net = Network()
+    net.clock.advance(1000)
+    a, b = net.add_many(2)
+    net.mesh()
+    lost_keyed_write(net, a, b, "k-1")
+    net.clock.advance(a.replicator.RECENT_KEYS + 1)
+    a.replicator.exchange(b.id)
+    net.settle()
+    assert whole_rounds(net) == 1
+    assert "k-1" in b.node.counters.keys.state()
+    assert a.count() == b.count() == 3
+
+
+class _KeysBeforeChanged(Resource):
+    """
+    A peer reached with another C{keys_before} than asked (the query is not
+    under the MAC), or one of the release before it (which ignores it).
+    """
+
+    isLeaf = True
+
+    def __init__(self, inner: Any, value: bytes | None) -> None:
+        super().__init__()
+        self.inner, self.value = inner, value
+
+    def render(self, request: Any) -> Any:
+        if self.value is None:
+            request.args.pop(b"keys_before", None)
+        else:
+            request.args[b"keys_before"] = [self.value]
+        return self.inner.render(request)
+
+
+@pytest.mark.parametrize("value", [None, b"1.5"])
+def test_answer_not_for_our_keys_before_compares_every_key(value):
+    """
+    An answer without our C{keys_before} (an older peer) or with another is
+    judged on the digest of all keys: a recent key one side lacks makes the
+    round whole, and nothing of the answer is merged before.
+    """
+    net = Network()
+    net.clock.advance(1000)
+    a, b = net.add_many(2)
+    b.resource = _KeysBeforeChanged(b.resource, value)
+    net.mesh()
+    lost_keyed_write(net, a, b, "k-1")
+    a.replicator.exchange(b.id)
+    net.settle()
+    assert whole_rounds(net) == 1
+    assert "k-1" in b.node.counters.keys.state()
     assert a.count() == b.count() == 3
 
 

@@ -152,3 +152,18 @@ def test_count_bound_forgets_the_oldest() -> None:
         book.record(f"k{i}", "a/1", Entry(float(i), "d", (("x", 1, i),)))
     assert book.expire(now=5.0, window=3600.0, limit=3) == ["k0", "k1"]
     assert len(book) == 3
+
+
+def test_touching_names_the_recent_keys_that_write_given_counters() -> None:
+    """touching() finds keys with an entry after a time that write one of the counters."""
+    book = KeyBook()
+    assert book.newest == 0.0
+    book.record("old", "a/1", Entry(10.0, "d", (("x", 1, 1),)))
+    book.record("new-x", "a/1", Entry(20.0, "d", (("x", 1, 2),)))
+    book.record("new-y", "a/1", Entry(30.0, "d", (("y", 1, 1), ("z", 2, 2))))
+    book.merge({"old": Record({"b/1": Entry(25.0, "d", (("x", 1, 1),))}, {})}, now=30.0, window=60.0)
+    assert book.newest == 30.0
+    assert sorted(book.touching(["x"], 15.0)) == ["new-x", "old"]  # old has a newer entry now
+    assert book.touching(["z"], 15.0) == ["new-y"]
+    assert book.touching(["x", "y"], 30.0) == []
+    assert book.touching([], 0.0) == []

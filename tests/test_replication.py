@@ -362,7 +362,7 @@ def test_anti_entropy_never_raises() -> None:
     net.mesh()
     calls: list[str] = []
 
-    def broken(peer: str, message: object, buckets: int) -> None:
+    def broken(peer: str, message: object, buckets: int, keys_before: float | None = None) -> None:
         calls.append(peer)
         raise RuntimeError("boom")
 
