@@ -15,6 +15,7 @@ import hmac
 import json
 import os
 import platform
+import re
 import signal
 from functools import partial
 from typing import Any
@@ -28,7 +29,8 @@ from twisted.web.http import HTTPChannel
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
-from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.exceptions import BadHost, HTTPException, MethodNotAllowed
+from werkzeug.routing import RequestRedirect
 
 from dcounter import __version__, digest, keyring, openapi, status, wire
 from dcounter.admission import AdmissionError
@@ -179,9 +181,12 @@ class CounterAPI:
         wanted = [t for t in tokens if t]
         if not wanted:
             return
-        given = (request.getHeader(b"authorization") or b"").decode("latin-1")
-        scheme, _, token = given.partition(" ")
-        if scheme.lower() == "bearer" and any(hmac.compare_digest(token.strip(), t) for t in wanted):
+        given = request.getHeader(b"authorization") or b""
+        scheme, _, token = given.partition(b" ")
+        # As bytes: compare_digest refuses str with non-ASCII characters.
+        if scheme.lower() == b"bearer" and any(
+            hmac.compare_digest(token.strip(), t.encode()) for t in wanted
+        ):
             return
         request.setHeader(b"WWW-Authenticate", b'Bearer realm="dcounter"')
         raise Unauthorized("this endpoint needs 'Authorization: Bearer TOKEN'")
@@ -235,6 +240,8 @@ class CounterAPI:
         if isinstance(error, HTTPException):
             if isinstance(error, MethodNotAllowed) and error.valid_methods:
                 request.setHeader(b"Allow", ", ".join(error.valid_methods).encode())
+            if isinstance(error, RequestRedirect):  # as /counters//x: where Klein routes it
+                request.setHeader(b"Location", error.new_url.encode())
             return _json(request, {"error": error.name.lower()}, error.code or 500)
         for kind, code in self.errors:
             if isinstance(error, kind):
@@ -574,8 +581,10 @@ class _Root(Resource):
             path = raw.decode() if raw.isascii() and b"%" not in raw else self._decoded(request)
         except UnicodeDecodeError:
             return self._not_utf8(request)
-        if path.startswith("//"):  # as Klein routes it: its segments joined
-            path = path[1:]
+        if "//" in path:  # as Klein routes it: werkzeug merges runs of slashes
+            path = _SLASHES.sub("/", path)
+        if not request.method.isupper():  # werkzeug would take "post" for POST
+            return _json(request, {"error": "unknown method (methods are case-sensitive)"}, 501)
         try:
             self.api.authorize(request, path)
         except Unauthorized as e:
@@ -588,7 +597,10 @@ class _Root(Resource):
             request.getRequestHostname().decode("utf-8")  # Klein's URL map decodes it
         except UnicodeDecodeError:
             return self._not_utf8(request)
-        return self.klein.render(request)
+        try:
+            return self.klein.render(request)
+        except BadHost:  # werkzeug's URL map refuses the Host, outside Klein's error handlers
+            return self.api.error_body(request, Failure())
 
     @staticmethod
     def _decoded(request: Any) -> str:
@@ -606,6 +618,7 @@ class _Root(Resource):
 
 _JSON = b"application/json"
 _NO_STORE = b"no-store"
+_SLASHES = re.compile("/{2,}")
 _COUNTERS = b"/counters/"
 _SIGNS = {b"increment": 1, b"decrement": -1}
 
@@ -803,6 +816,15 @@ class CounterChannel(HTTPChannel):
         if self._peer is None:
             self._peer = super().getPeer()
         return self._peer
+
+    def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
+        # twisted.web takes a Content-Length of digits to int(): past 4,300
+        # digits Python refuses, the reactor logs an unhandled error, and the
+        # client gets no answer.  No length takes more than 19 digits: answer
+        # it as twisted.web answers any bad length (400, then close).
+        if header == b"Content-Length" and len(data) > 19:
+            return bool(self._failChooseTransferDecoder())
+        return bool(super()._maybeChooseTransferDecoder(header, data))
 
 
 class CounterSite(Site):

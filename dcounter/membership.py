@@ -21,6 +21,13 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 
+#: The highest SWIM generation taken from a peer.  A node raises its own by
+#: 1 to refute a rumor (L{dcounter.swim}), and a peer's by 1 on hearing from
+#: it after a suspicion (L{Membership.heard_from}): both stop here, and
+#: L{dcounter.wire} refuses more, so what a node sends is always within what
+#: its peers decode.  Honest generations stay small.
+MAX_GENERATION = 2**62
+
 
 class PeerState(enum.Enum):
     ALIVE = "alive"
@@ -116,7 +123,7 @@ class Membership:
         elif reviving:
             # Heard from directly, it outranks the rumors of its suspicion
             # or death still going round: they are at its old generation.
-            peer.generation += 1
+            peer.generation = min(peer.generation + 1, MAX_GENERATION)
         self._set(peer, PeerState.ALIVE, now)
 
     def failed(self, peer_id: str, now: float) -> PeerState | None:

@@ -50,7 +50,7 @@ import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from dcounter.membership import Membership, PeerState
+from dcounter.membership import MAX_GENERATION, Membership, PeerState
 from dcounter.wire import Rumor
 
 
@@ -355,7 +355,7 @@ class Swim:
         if rumor.kind == "alive" or rumor.incarnation != self.incarnation:
             return
         if rumor.generation >= self.generation:
-            self.generation = rumor.generation + 1
+            self.generation = min(rumor.generation + 1, MAX_GENERATION)
             self._aware(1)  # being suspected hints that we are slow
             self._spread(
                 Rumor("alive", self.self_id, self.incarnation, self.generation, self.self_id), own=True

@@ -18,8 +18,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from dcounter.counter import MAX_SLOT, Slot, State
+from dcounter.counter import MAX_SLOT, MIN_VALUE, Slot, State
 from dcounter.idempotency import Entry, KeyState, Record
+from dcounter.membership import MAX_GENERATION
 
 #: A JSON request body larger than this is refused (413) before it is parsed.
 MAX_BODY = 64 * 1024
@@ -88,10 +89,14 @@ def amount(value: object, what: str = "by") -> int:
     return value
 
 
-def _count(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SLOT:
-        raise MalformedMessage(f"{what} must be an integer from 0 to {MAX_SLOT}")
+def _count(value: object, what: str, most: int = MAX_SLOT) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= most:
+        raise MalformedMessage(f"{what} must be an integer from 0 to {most}")
     return value
+
+
+def _generation(value: object, what: str) -> int:
+    return _count(value, what, MAX_GENERATION)
 
 
 def _token(value: object, what: str) -> str:
@@ -161,6 +166,10 @@ def batch_body(body: bytes) -> dict[str, int]:
     obj = json_object(body)
     if not obj:
         raise MalformedMessage("a batch must name at least one counter")
+    if len(obj) > MAX_BATCH:
+        # Peers refuse a key entry of more writes (L{_entry}): a keyed batch
+        # past it would be counted here and never replicate.
+        raise MalformedMessage(f"a batch may change at most {MAX_BATCH} counters")
     for name, value in obj.items():
         counter_name(name)
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= abs(value) <= MAX_AMOUNT:
@@ -186,7 +195,7 @@ def write_concern(values: list[bytes] | None) -> int | str | None:
     value = values[0].decode("ascii", "replace")
     if value == "all":
         return value
-    if not value.isdecimal() or int(value) > MAX_WAIT:
+    if not value.isdecimal() or len(value) > len(str(MAX_WAIT)) or int(value) > MAX_WAIT:
         raise MalformedMessage(f"'wait' must be a number of peers from 0 to {MAX_WAIT}, or 'all'")
     return int(value)
 
@@ -254,8 +263,9 @@ def _entry(value: object) -> Entry:
             raise MalformedMessage("each write of a key entry must be [counter, amount, count]")
         name, amt, count = w
         counter_name(name)
+        # The count is a value a write was answered with: MIN_VALUE too.
         for v in (amt, count):
-            if isinstance(v, bool) or not isinstance(v, int) or not -MAX_SLOT <= v <= MAX_SLOT:
+            if isinstance(v, bool) or not isinstance(v, int) or not MIN_VALUE <= v <= MAX_SLOT:
                 raise MalformedMessage("a key entry's amounts and counts must be 64-bit integers")
         out.append((name, amt, count))
     return Entry(at, digest, tuple(out))
@@ -605,7 +615,7 @@ def decode_hello(body: bytes) -> Hello:
         node_id=address(obj.get("node_id"), "'node_id'"),
         incarnation=_token(obj.get("incarnation"), "'incarnation'"),
         cluster=_token(obj.get("cluster"), "'cluster'"),
-        generation=_count(obj.get("generation", 0), "'generation'"),
+        generation=_generation(obj.get("generation", 0), "'generation'"),
         rumors=decode_rumors(obj.get("rumors", [])),
     )
 
@@ -661,7 +671,7 @@ def decode_rumors(value: object) -> tuple[Rumor, ...]:
                 kind=kind,
                 node=address(r.get("node"), "a rumor's 'node'"),
                 incarnation=_token(r.get("incarnation"), "a rumor's 'incarnation'"),
-                generation=_count(r.get("generation"), "a rumor's 'generation'"),
+                generation=_generation(r.get("generation"), "a rumor's 'generation'"),
                 source=address(r.get("source"), "a rumor's 'source'"),
             )
         )

@@ -858,3 +858,81 @@ def test_bad_write_concern_changes_nothing(net: Network, a: TestNode, query: str
     assert_error(post(net, f"/counters/hits/increment?{query}"), 400)
     assert get(net, "/count").json["count"] == 0
     assert "hits" not in a.node.counters
+
+
+# Bad requests found by a review (each was a 500, a hang or a wrong answer).
+
+
+@pytest.mark.parametrize(
+    "request_line, status",
+    [
+        (b"GET /health HTTP/1.1\r\nHost: a..b", b"400"),  # werkzeug's URL map refuses this Host
+        (b"GET /counters HTTP/1.1\r\nHost: " + b"x" * 64, b"400"),  # a label over 63 characters
+        (b"post /increment HTTP/1.1\r\nHost: x", b"501"),  # werkzeug would take it for POST
+        (b"Post /counters HTTP/1.1\r\nHost: x", b"501"),
+        (b"POST /increment?wait=" + b"0" * 4301 + b" HTTP/1.1\r\nHost: x", b"400"),  # int() refuses
+    ],
+)
+def test_bad_requests_are_json_errors_that_change_nothing(
+    a: TestNode, request_line: bytes, status: bytes
+) -> None:
+    written, _ = serve(a, request_line + b"\r\nContent-Length: 0\r\n\r\n")
+    head, _, body = written.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 " + status), head
+    assert b"application/json" in head
+    assert b'"error"' in body
+    assert a.node.counters.values() == {}
+
+
+def test_content_length_of_thousands_of_digits_is_a_400(a: TestNode) -> None:
+    """Past 4,300 digits int() raises inside twisted.web: the client got no answer, the log a traceback."""
+    written, hung_up = serve(
+        a, b"POST /increment HTTP/1.1\r\nHost: x\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n"
+    )
+    assert written.startswith(b"HTTP/1.1 400 ")
+    assert hung_up
+    assert a.count() == 0
+
+
+def test_a_doubled_slash_redirects_to_where_it_routes(a: TestNode) -> None:
+    """werkzeug merges slashes with a 308: the answer says where to (it had no Location)."""
+    a.increment(2, name="x")
+    written, _ = serve(a, b"GET /counters//x HTTP/1.1\r\nHost: n:9001\r\n\r\n")
+    assert written.startswith(b"HTTP/1.1 308 ")
+    location = [line for line in written.split(b"\r\n") if line.startswith(b"Location: ")]
+    assert len(location) == 1 and location[0].endswith(b"/counters/x")
+
+
+def test_keyed_batch_past_the_bound_is_a_400(net: Network, a: TestNode) -> None:
+    """
+    Peers refuse a key entry of more than MAX_BATCH writes: such a keyed
+    batch was counted here, then blocked every push from this node.
+    """
+    b = net.add(9002)
+    net.mesh()
+    body = {f"c{i}": 1 for i in range(wire.MAX_BATCH + 1)}
+    reply = net.call("POST", a.id, "/counters", json=body, headers={"Idempotency-Key": ["k"]})
+    assert reply.code == 400
+    assert "1000" in reply.json["error"]
+    assert a.node.counters.values() == {}
+    reply = net.call(
+        "POST", a.id, "/counters", json=dict(list(body.items())[:-1]), headers={"Idempotency-Key": ["k"]}
+    )
+    assert reply.code == 200
+    net.settle()
+    assert b.count("c999") == 1
+
+
+def test_keyed_write_answered_at_the_lowest_value_replicates(net: Network, a: TestNode) -> None:
+    """A key entry's count may be -2**63, the lowest value: peers refused it, and every push after it."""
+    b = net.add(9002)
+    net.mesh()
+    low = {"z": {"127.0.0.1:9009/x": (0, MAX_SLOT)}}
+    a.node.merge(low)
+    b.node.merge(low)
+    reply = net.call("POST", a.id, "/counters/z/decrement", headers={"Idempotency-Key": ["m"]})
+    assert reply.json["count"] == -(2**63)
+    net.call("POST", a.id, "/counters/w/increment")
+    net.settle()
+    assert (b.count("z"), b.count("w")) == (-(2**63), 1)
+    assert "m" in b.node.counters.keys.state()

@@ -13,6 +13,7 @@ import pytest
 from dcounter import keyring, wire
 from dcounter.keyring import Keyring
 from tests.support import CLUSTER, Network, TestNode
+from tests.test_api import serve
 
 KEY = "cluster-key-0123456789"
 OTHER = "another-key-0123456789"
@@ -170,11 +171,25 @@ def test_a_keyed_seed_by_another_name_is_admitted() -> None:
     assert a.health.admission.counts["admitted"] == 1
 
 
-@pytest.mark.parametrize("spelling", ["//register", "/%2Fregister", "//remove-peer", "/%2fremove-peer"])
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        "//register",
+        "/%2Fregister",
+        "//remove-peer",
+        "/%2fremove-peer",
+        "///register",  # werkzeug merges any run of slashes; only the first was stripped
+        "////register",
+        "/%2F%2Fregister",
+        "//%2fregister",
+        "///remove-peer",
+    ],
+)
 def test_an_operator_endpoint_spelled_otherwise_still_needs_the_token(spelling: str) -> None:
     """
-    Klein routes '//register' and '/%2Fregister' to /register (it joins the
-    path's segments): who may call it is decided on the path Klein routes.
+    Klein routes '//register', '///register' and '/%2Fregister' to /register
+    (it joins the path's segments, and werkzeug merges runs of slashes): who
+    may call it is decided on the path Klein routes.
     """
     net = Network()
     a, b = keyed(net, 9001), keyed(net, 9002)
@@ -183,3 +198,19 @@ def test_an_operator_endpoint_spelled_otherwise_still_needs_the_token(spelling: 
     reply = net.call("POST", a.id, spelling, json={"id": b.id if "remove" in spelling else "127.0.0.1:9003"})
     assert reply.code == 401, reply
     assert a.membership.known() == before
+
+
+@pytest.mark.parametrize("method, path", [(b"GET", b"/count"), (b"POST", b"/register"), (b"POST", b"/sync")])
+def test_a_non_ascii_token_is_a_401(method: bytes, path: bytes) -> None:
+    """A bearer token of non-ASCII bytes is refused as any wrong token (it was a 500 and a traceback)."""
+    net = Network()
+    a = net.add(9001, client_token="client-token-0123")
+    body = b'{"count": 1}' if path == b"/sync" else b'{"id": "127.0.0.1:9003"}'
+    written, _ = serve(
+        a,
+        b"%s %s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xc3\xa9\r\nContent-Length: %d\r\n\r\n%s"
+        % (method, path, len(body), body),
+    )
+    assert written.startswith(b"HTTP/1.1 401 "), written[:200]
+    assert written.endswith(b'"}\n') or b'{"error"' in written
+    assert a.membership.known() == [] and a.count() == 0

@@ -8,15 +8,17 @@ and what a stranger's rumors cannot do.
 
 from __future__ import annotations
 
+import json
 import math
 from random import Random
 
 import pytest
 
-from dcounter.membership import Membership, PeerState
+from dcounter import wire
+from dcounter.membership import MAX_GENERATION, Membership, PeerState
 from dcounter.swim import Swim
 from dcounter.wire import Rumor
-from tests.support import Network, TestNode
+from tests.support import CLUSTER, Network, TestNode
 
 ALIVE, SUSPECT, DEAD = PeerState.ALIVE, PeerState.SUSPECT, PeerState.DEAD
 SELF = "10.0.0.1:8080"
@@ -392,3 +394,35 @@ def test_a_malformed_indirect_probe_is_a_400(net: Network) -> None:
     ):
         reply = net.call("POST", a.id, "/probe", json=body)
         assert reply.code == 400 and "error" in reply.json
+
+
+def test_generations_stop_at_the_bound_peers_decode() -> None:
+    """
+    A rumor at the highest generation a peer decodes is refuted at it, not
+    past it: 2**63 had made every /health answer of the node undecodable,
+    and its peers declared it dead.  More is refused on the wire.
+    """
+    swim, _ = swim_with(3)
+    swim.received([Rumor("suspect", SELF, "me", MAX_GENERATION, peer(1))], now=1.0)
+    assert swim.generation == MAX_GENERATION
+    hello = wire.Hello(SELF, "me", CLUSTER, generation=swim.generation)
+    assert wire.decode_hello(json.dumps(wire.encode_hello(hello)).encode()).generation == MAX_GENERATION
+    rumor = {
+        "kind": "suspect",
+        "node": SELF,
+        "incarnation": "me",
+        "generation": MAX_GENERATION + 1,
+        "source": peer(1),
+    }
+    with pytest.raises(wire.MalformedMessage):
+        sync = {"from": peer(1), "incarnation": "boot1", "cluster": CLUSTER, "state": {}, "rumors": [rumor]}
+        wire.decode_sync(json.dumps(sync).encode())
+
+
+def test_a_revived_peer_stays_within_the_bound() -> None:
+    """Heard from after a suspicion, a peer at the highest generation stays at it."""
+    m = Membership(SELF)
+    m.heard_from(peer(1), 0.0, incarnation="i1", generation=MAX_GENERATION)
+    m.mark(peer(1), SUSPECT, 1.0)
+    m.heard_from(peer(1), 2.0, incarnation="i1")
+    assert m.get(peer(1)).generation == MAX_GENERATION
