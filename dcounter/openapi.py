@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from dcounter.counter import MAX_VALUE, MIN_VALUE
-from dcounter.wire import MAX_AMOUNT, MAX_NAME, MAX_SLOT
+from dcounter.wire import MAX_AMOUNT, MAX_BATCH, MAX_NAME, MAX_SLOT
 
 _ERRORS = {
     "400": "bad JSON, fields or values; a path or Host that is not UTF-8",
@@ -120,6 +120,7 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "description": "counter name -> amount (negative: a decrement); all applied or none",
         "minProperties": 1,
+        "maxProperties": MAX_BATCH,
         "propertyNames": {"pattern": _NAME_PATTERN},
         "additionalProperties": {
             "anyOf": [
