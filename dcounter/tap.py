@@ -395,6 +395,11 @@ class Options(usage.Options):
             if self["advertise"] is None:
                 self["advertise"] = f"{outbound_ip()}:{port}"
             self["advertise"] = wire.address(self["advertise"], "--advertise")
+            if len(self["advertise"]) > wire.MAX_NODE_ID:
+                raise wire.MalformedMessage(
+                    f"--advertise must be at most {wire.MAX_NODE_ID} characters: peers refuse "
+                    f"replica ids (ADDRESS/INCARNATION) of more than {wire.MAX_NAME}"
+                )
             if self["peers"] is not None:
                 peers, what = self["peers"], "--peers"
             else:

@@ -105,7 +105,9 @@ def test_bad_port_from_environment(port: str) -> None:
         parse(*ADVERTISE, environ={"PORT": port})
 
 
-@pytest.mark.parametrize("value", ["nohost", "10.0.0.1", "10.0.0.1:0", "bad host:80", "h:65536", ":80"])
+@pytest.mark.parametrize(
+    "value", ["nohost", "10.0.0.1", "10.0.0.1:0", "bad host:80", "h:65536", ":80", "h" * 105 + ".x:9001"]
+)
 def test_bad_advertise(value: str) -> None:
     """A bad --advertise is a usage error."""
     with pytest.raises(UsageError, match="advertise"):
