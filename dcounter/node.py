@@ -71,6 +71,9 @@ class Node:
         self.max_keys = max_keys
         #: keys with an own part (entry or settlement) not durable yet -> waiters
         self._undurable: dict[str, list[Deferred[None]]] = {}
+        #: keys -> their saves under way: a key stays undurable until the
+        #: last is done (its entry's commit may end before its settlement's)
+        self._saving: dict[str, int] = {}
         #: keys whose own entry is not durable yet
         self._new_entries: set[str] = set()
         self.store = store
@@ -277,6 +280,15 @@ class Node:
         """
         for key in keys:
             self._undurable.setdefault(key, [])
+            self._saving[key] = self._saving.get(key, 0) + 1
+
+        def done(key: str) -> list[Deferred[None]]:
+            """One save of C{key} is done: its waiters, if it was the last."""
+            self._saving[key] -= 1
+            if self._saving[key]:
+                return []
+            del self._saving[key]
+            return self._undurable.pop(key, [])
 
         def durable(_: None) -> None:
             self.version += 1  # keys, as well as slots, go out now
@@ -284,7 +296,7 @@ class Node:
                 self._mark_durable(name, replicas[self.replica])
             for key in keys:
                 self._new_entries.discard(key)
-                for waiter in self._undurable.pop(key, []):
+                for waiter in done(key):
                     waiter.callback(None)
             slot_keys = [(name, self.replica) for name in slots]
             for listener in self._listeners:
@@ -292,7 +304,7 @@ class Node:
 
         def failed(f: Failure) -> Failure:
             for key in keys:
-                for waiter in self._undurable.pop(key, []):
+                for waiter in done(key):
                     waiter.errback(f)
             return f
 

@@ -13,7 +13,8 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger, capturedLogs
 
 from dcounter.counter import MAX_SLOT, CounterOverflow, Slot
-from dcounter.node import Node, NodeStateService
+from dcounter.idempotency import Entry, Record
+from dcounter.node import Node, NodeStateService, digest
 from dcounter.store import Durable, Identity, MemoryStore, SQLiteStore, StoreError
 from tests.support import ManualWorker, failure_of, result_of, told
 
@@ -560,3 +561,28 @@ def test_merging_a_fold_forgets_what_it_absorbs_in_the_store():
     node.merge({"c": {f"{other}/folded-{0:011x}aaaaaa": (5, 0)}})
     assert store.dropped == [("c", f"{other}/{0:011x}aaaaaa")]
     assert node.value("c") == 6
+
+
+def test_a_settlement_is_not_sent_before_it_is_durable() -> None:
+    """
+    A key's entry commits first, its settlement later: until the second
+    commit, peers get the entry and not the settlement.  The first commit
+    had ended the key's whole wait, so a push sent the settlement ahead of
+    the settled slot, and a peer read the write twice.
+    """
+    node, store, clock = make_node()
+    winner = "10.0.0.0:8080/inc0"  # sorts first: this node's copy loses
+    amounts = [("default", 1)]
+    node.add_keyed("k", amounts)
+    entry = Entry(clock.seconds(), digest(amounts), (("default", 1, 1),))
+    node.merge({"default": {winner: (1, 0)}}, {"k": Record({winner: entry}, {})})
+    assert len(store.saves) == 4  # the keyed write, the merged key, the settlement, the merged slot
+    store.fire(0)
+    record = node.outgoing_keys(["k"])["k"]
+    assert (sorted(record.entries), record.settled) == (sorted([winner, ME]), {})
+    assert node.outgoing()["default"][ME] == (1, 0)
+    while store.saves:
+        store.fire()
+    assert node.outgoing_keys(["k"])["k"].settled == {ME: {ME}}
+    assert node.outgoing()["default"][ME] == (1, 1)
+    assert node.value("default") == 1
