@@ -447,8 +447,8 @@ class CounterAPI:
 
     @app.route("/counters", methods=["POST"])
     async def counters_batch(self, request: IRequest) -> bytes:
-        amounts = wire.batch_body(_body(request))
         key = wire.idempotency_key(request.requestHeaders.getRawHeaders(b"Idempotency-Key"))
+        amounts = wire.batch_body(_body(request), keyed=key is not None)
         if key is None:
             values = await self.node.add_many(amounts)
             return _json(request, {"counters": values, "node_id": self.node.node_id})

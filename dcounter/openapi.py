@@ -118,9 +118,11 @@ SCHEMAS: dict[str, Any] = {
     },
     "Batch": {
         "type": "object",
-        "description": "counter name -> amount (negative: a decrement); all applied or none",
+        "description": (
+            "counter name -> amount (negative: a decrement); all applied or none; "
+            f"at most {MAX_BATCH} counters with an Idempotency-Key"
+        ),
         "minProperties": 1,
-        "maxProperties": MAX_BATCH,
         "propertyNames": {"pattern": _NAME_PATTERN},
         "additionalProperties": {
             "anyOf": [

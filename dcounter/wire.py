@@ -161,19 +161,19 @@ def amount_body(body: bytes) -> int:
     return amount(obj.get("by", 1))
 
 
-def batch_body(body: bytes) -> dict[str, int]:
+def batch_body(body: bytes, keyed: bool = False) -> dict[str, int]:
     """
     The body of a batched write (POST /counters): C{{"name": n, ...}}, each
     n a non-zero integer (negative: a decrement) of at most L{MAX_AMOUNT} in
-    size, at least one counter.
+    size, at least one counter; at most L{MAX_BATCH} if C{keyed}.
     """
     obj = json_object(body)
     if not obj:
         raise MalformedMessage("a batch must name at least one counter")
-    if len(obj) > MAX_BATCH:
+    if keyed and len(obj) > MAX_BATCH:
         # Peers refuse a key entry of more writes (L{_entry}): a keyed batch
         # past it would be counted here and never replicate.
-        raise MalformedMessage(f"a batch may change at most {MAX_BATCH} counters")
+        raise MalformedMessage(f"a batch with an Idempotency-Key may change at most {MAX_BATCH} counters")
     for name, value in obj.items():
         counter_name(name)
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= abs(value) <= MAX_AMOUNT:

@@ -921,6 +921,11 @@ def test_keyed_batch_past_the_bound_is_a_400(net: Network, a: TestNode) -> None:
     assert reply.code == 200
     net.settle()
     assert b.count("c999") == 1
+    # Without a key there is no entry for peers to refuse: only the body's size bounds it.
+    reply = net.call("POST", a.id, "/counters", json={f"d{i}": 1 for i in range(2000)})
+    assert reply.code == 200
+    net.settle()
+    assert b.count("d1999") == 1
 
 
 def test_keyed_write_answered_at_the_lowest_value_replicates(net: Network, a: TestNode) -> None:
