@@ -16,6 +16,7 @@ from twisted.web.resource import Resource
 
 from dcounter import digest, wire
 from dcounter.idempotency import Entry, Record
+from dcounter.replication import Replicator
 from dcounter.wire import Digest, DigestReply, MalformedMessage
 from tests.support import CLUSTER, Network
 from tests.test_wire import addresses, counts, json_values, names, states, tokens
@@ -361,19 +362,33 @@ def lost_keyed_write(net: Network, a: Any, b: Any, key: str) -> None:
     a.replicator._key_outbox.clear()
 
 
+def round_after_a_lost_keyed_write(
+    on_b: bool = False, age: float = 0.0, wrap: Any = None
+) -> tuple[Network, Any, Any]:
+    """
+    Two nodes; a keyed write on A (on B if C{on_b}) whose push is lost;
+    C{age} seconds later, A's anti-entropy round with B (C{wrap}ped).
+    """
+    net = Network()
+    net.clock.advance(1000)
+    a, b = net.add_many(2)
+    if wrap is not None:
+        b.resource = wrap(b.resource)
+    net.mesh()
+    lost_keyed_write(net, *((b, a) if on_b else (a, b)), "k-1")
+    net.clock.advance(age)
+    a.replicator.exchange(b.id)
+    net.settle()
+    return net, a, b
+
+
 def test_recent_key_a_peer_lacks_travels_with_its_slots():
     """
     A keyed write younger than RECENT_KEYS that B lacks (as a push still on
     its way, under a steady flow of keyed writes) leaves the round a digest
     round: the slot goes to B with its key, so a retry on B is a replay.
     """
-    net = Network()
-    net.clock.advance(1000)
-    a, b = net.add_many(2)
-    net.mesh()
-    lost_keyed_write(net, a, b, "k-1")
-    a.replicator.exchange(b.id)
-    net.settle()
+    net, a, b = round_after_a_lost_keyed_write()
     assert whole_rounds(net) == 0
     assert "k-1" in b.node.counters.keys.state()
     retry = keyed_write(net, b.id, "k-1")
@@ -383,13 +398,7 @@ def test_recent_key_a_peer_lacks_travels_with_its_slots():
 
 def test_recent_key_of_the_answering_side_comes_with_its_slots():
     """The same the other way: B's answer carries its slot and the recent key it counts."""
-    net = Network()
-    net.clock.advance(1000)
-    a, b = net.add_many(2)
-    net.mesh()
-    lost_keyed_write(net, b, a, "k-1")
-    a.replicator.exchange(b.id)
-    net.settle()
+    net, a, b = round_after_a_lost_keyed_write(on_b=True)
     assert whole_rounds(net) == 0
     assert "k-1" in a.node.counters.keys.state()
     assert a.count() == b.count() == 3
@@ -397,14 +406,7 @@ def test_recent_key_of_the_answering_side_comes_with_its_slots():
 
 def test_older_key_a_peer_lacks_makes_the_round_whole():
     """A keyed write older than RECENT_KEYS that B lacks was lost: the round is the whole push-pull."""
-    net = Network()
-    net.clock.advance(1000)
-    a, b = net.add_many(2)
-    net.mesh()
-    lost_keyed_write(net, a, b, "k-1")
-    net.clock.advance(a.replicator.RECENT_KEYS + 1)
-    a.replicator.exchange(b.id)
-    net.settle()
+    net, a, b = round_after_a_lost_keyed_write(age=Replicator.RECENT_KEYS + 1)
     assert whole_rounds(net) == 1
     assert "k-1" in b.node.counters.keys.state()
     assert a.count() == b.count() == 3
@@ -437,14 +439,7 @@ def test_answer_not_for_our_keys_before_compares_every_key(value):
     judged on the digest of all keys: a recent key one side lacks makes the
     round whole, and nothing of the answer is merged before.
     """
-    net = Network()
-    net.clock.advance(1000)
-    a, b = net.add_many(2)
-    b.resource = _KeysBeforeChanged(b.resource, value)
-    net.mesh()
-    lost_keyed_write(net, a, b, "k-1")
-    a.replicator.exchange(b.id)
-    net.settle()
+    net, a, b = round_after_a_lost_keyed_write(wrap=lambda inner: _KeysBeforeChanged(inner, value))
     assert whole_rounds(net) == 1
     assert "k-1" in b.node.counters.keys.state()
     assert a.count() == b.count() == 3
