@@ -24,9 +24,7 @@ replica id wins, and every other (a loser) is taken back.  Two parts do it:
 
 A key is forgotten once its first entry is older than the window and each
 loser was settled exactly once; entries that arrive already older than the
-window are ignored, so a forgotten key does not come back, unless their key
-cannot be forgotten yet: every node that holds such a key keeps it, and a
-node that learns of it late must count it as they do.
+window are ignored, so a forgotten key does not come back.
 """
 
 from __future__ import annotations
@@ -77,10 +75,6 @@ class Record:
 
     def last(self) -> float:
         return max(e.at for e in self.entries.values())
-
-    def forgettable(self) -> bool:
-        """Whether forgetting it leaves every value as it is: each loser settled once."""
-        return all(len(self.settled.get(loser, ())) == 1 for loser in self.losers())
 
     def adjustment(self) -> dict[str, int]:
         """
@@ -201,12 +195,8 @@ class KeyBook:
             current = self._records.get(key)
             record = current.copy() if current else Record({}, {})
             grew = False
-            # A key that cannot be forgotten yet is kept past the window by
-            # every node that holds it, and counts: a node that learns of it
-            # late takes it whole, or it would count the loser's copy too.
-            kept = not theirs.forgettable()
             for replica, entry in theirs.entries.items():
-                if replica not in record.entries and (entry.at >= horizon or kept):
+                if replica not in record.entries and entry.at >= horizon:
                     record.entries[replica] = entry
                     grew = True
             for loser, settlers in theirs.settled.items():
@@ -244,7 +234,8 @@ class KeyBook:
         self._update(key, record)
 
     def forgettable(self, key: str) -> bool:
-        return self._records[key].forgettable()
+        record = self._records[key]
+        return all(len(record.settled.get(loser, ())) == 1 for loser in record.losers())
 
     def expire(self, now: float, window: float, limit: int) -> list[str]:
         """

@@ -174,35 +174,3 @@ def test_keyed_batch_refused_whole_changes_nothing(net: Network) -> None:
     assert a.node.counters.values() == {"x": MAX_VALUE}
     assert write(net, a, "batch-3", "/counters", {"y": 1}).code == 200
     assert a.node.counters.values() == {"x": MAX_VALUE, "y": 1}
-
-
-def test_a_key_kept_past_the_window_counts_once_on_a_node_that_joins_later(net: Network) -> None:
-    """
-    A key whose loser is gone before it could settle is kept past the
-    window.  A node that joins after the window took both slots but ignored
-    the key's entries (older than the window): it read the write twice, for
-    good, and its keys' digest never matched.
-    """
-    w, loser, a = net.add_many(3)
-    net.mesh()
-    net.cut_link(w.id, loser.id)  # W and the loser do not hear each other; both reach A
-    assert write(net, w, "k").code == 200
-    net.cut_link(loser.id, a.id)
-    assert write(net, loser, "k").code == 200  # the client's retry, counted again
-    net.settle()
-    net.links_down.clear()
-    loser.replicator.flush()  # its push reaches A only; then it is gone for good
-    net.settle()
-    net.cut(loser.id)
-    for node in (w, a):
-        node.membership.remove(loser.id, net.clock.seconds())
-    w.replicator.exchange(a.id)
-    net.settle()
-    net.advance(86400 + 60, step=3600)
-    assert (w.node.expire_keys(), a.node.expire_keys()) == ([], [])
-    late = net.add(9004)
-    net.mesh([w, a, late])
-    late.replicator.exchange(a.id)
-    net.settle()
-    assert late.count() == a.count() == w.count() == 1
-    assert late.replicator.keys_summary() == a.replicator.keys_summary()
