@@ -19,6 +19,7 @@ import re
 import signal
 from functools import partial
 from typing import Any
+from urllib.parse import urlsplit
 
 from klein import Klein
 from twisted.copyright import version as twisted_version
@@ -241,7 +242,7 @@ class CounterAPI:
             if isinstance(error, MethodNotAllowed) and error.valid_methods:
                 request.setHeader(b"Allow", ", ".join(error.valid_methods).encode())
             if isinstance(error, RequestRedirect):  # as /counters//x: where Klein routes it
-                request.setHeader(b"Location", error.new_url.encode())
+                request.setHeader(b"Location", _relative(error.new_url, request.uri))
             return _json(request, {"error": error.name.lower()}, error.code or 500)
         for kind, code in self.errors:
             if isinstance(error, kind):
@@ -576,6 +577,10 @@ class _Root(Resource):
             request.setHeader(b"Retry-After", b"1")
             return _json(request, {"error": "this node is stopping: ask another"}, 503)
         raw = request.path
+        if not raw.startswith(b"/"):
+            # twisted.web drops a target's first character, whatever it is,
+            # to make the segments Klein routes: "xregister" is /register.
+            return _json(request, {"error": "the request target must be a path that starts with /"}, 400)
         try:
             # Most paths need no percent-decoding: the raw path is the one.
             path = raw.decode() if raw.isascii() and b"%" not in raw else self._decoded(request)
@@ -614,6 +619,16 @@ class _Root(Resource):
     @staticmethod
     def _not_utf8(request: Any) -> bytes:
         return _json(request, {"error": "the path and Host must be UTF-8 once percent-decoded"}, 400)
+
+
+def _relative(url: str, uri: bytes) -> bytes:
+    """
+    A redirect's target as a path, with the request's query: werkzeug's
+    absolute URL names the port the socket listens on, which is not the
+    one a client reached through a port mapping, and leaves the query out.
+    """
+    query = uri.partition(b"?")[2]
+    return urlsplit(url).path.encode() + (b"?" + query if query else b"")
 
 
 _JSON = b"application/json"

@@ -33,9 +33,10 @@ MAX_AMOUNT = 2**53 - 1
 MAX_NAME = 128
 MAX_MEMBERS = 4096
 #: The longest node id a node may take: its replica ids (NODE/INCARNATION,
-#: an incarnation being 17 characters) are tokens of at most L{MAX_NAME},
-#: and peers refuse a sync or a digest answer with a longer one.
-MAX_NODE_ID = MAX_NAME - 18
+#: an incarnation being 17 characters, and NODE/folded-INCARNATION for a
+#: fold) are tokens of at most L{MAX_NAME}, and peers refuse a sync or a
+#: digest answer with a longer one.
+MAX_NODE_ID = MAX_NAME - len("/folded-") - 17
 
 _COUNTER_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.:-]{{0,{MAX_NAME - 1}}}\Z")
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?\Z")

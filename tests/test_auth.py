@@ -200,6 +200,27 @@ def test_an_operator_endpoint_spelled_otherwise_still_needs_the_token(spelling: 
     assert a.membership.known() == before
 
 
+@pytest.mark.parametrize(
+    "target", [b"xregister", b"a/register", b"*register", b"\\/register", b"x/remove-peer"]
+)
+def test_a_target_not_starting_with_a_slash_is_a_400(target: bytes) -> None:
+    """
+    twisted.web drops a target's first character to make the segments Klein
+    routes: "xregister" reached /register while the token check saw
+    "xregister", which needs no token.
+    """
+    net = Network()
+    a, b = keyed(net, 9001), keyed(net, 9002)
+    net.call("POST", a.id, "/register", json={"id": b.id}, headers=bearer(TOKEN))
+    before = a.membership.known()
+    body = b'{"id": "%s"}' % (b.id if b"remove" in target else "127.0.0.1:9003").encode()
+    written, _ = serve(
+        a, b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (target, len(body), body)
+    )
+    assert written.startswith(b"HTTP/1.1 400 "), written[:100]
+    assert a.membership.known() == before
+
+
 @pytest.mark.parametrize("method, path", [(b"GET", b"/count"), (b"POST", b"/register"), (b"POST", b"/sync")])
 def test_a_non_ascii_token_is_a_401(method: bytes, path: bytes) -> None:
     """A bearer token of non-ASCII bytes is refused as any wrong token (it was a 500 and a traceback)."""

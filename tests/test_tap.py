@@ -16,6 +16,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
 from twisted.python.usage import UsageError
 
+from dcounter import wire
 from dcounter.api import CounterSite
 from dcounter.discovery import Discovery, DNSJoin
 from dcounter.health import HealthChecker
@@ -106,12 +107,20 @@ def test_bad_port_from_environment(port: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "value", ["nohost", "10.0.0.1", "10.0.0.1:0", "bad host:80", "h:65536", ":80", "h" * 105 + ".x:9001"]
+    "value", ["nohost", "10.0.0.1", "10.0.0.1:0", "bad host:80", "h:65536", ":80", "h" * 97 + ".x:9001"]
 )
 def test_bad_advertise(value: str) -> None:
     """A bad --advertise is a usage error."""
     with pytest.raises(UsageError, match="advertise"):
         parse("--advertise", value)
+
+
+def test_the_longest_advertise_makes_ids_peers_decode() -> None:
+    """Its replica ids and fold ids (NODE/folded-INCARNATION) are tokens peers accept."""
+    node = parse("--advertise", "h" * 96 + ".x:9001")["advertise"]
+    assert len(node) == wire.MAX_NODE_ID
+    for replica in (f"{node}/{'0' * 17}", f"{node}/folded-{'0' * 17}"):
+        assert wire._token(replica, "a replica id") == replica
 
 
 @pytest.mark.parametrize("peers", ["nohost", "h:1,h", "h:0", "evil example:80"])
