@@ -46,6 +46,12 @@ State = Mapping[str, Mapping[str, Slot]]
 #: (counter name, replica id): the address of one slot.
 SlotKey = tuple[str, str]
 
+
+def slot_keys(state: State) -> list[SlotKey]:
+    """The address of each slot in C{state}."""
+    return [(name, replica) for name, slots in state.items() for replica in slots]
+
+
 #: The counter that the original single-counter endpoints serve.
 DEFAULT_COUNTER = "default"
 

@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from dcounter.counter import Counters, Slot, SlotKey, State, is_fold
+from dcounter.counter import Counters, Slot, SlotKey, State, is_fold, slot_keys
 from dcounter.idempotency import Entry, KeyState, Record
 from dcounter.store import Store
 
@@ -421,7 +421,7 @@ class Node:
         if not folds:
             return 0
         self.version += 1
-        keys = [(name, replica) for name, slots in folds.items() for replica in slots]
+        keys = slot_keys(folds)
         self.log.info(
             "folded {slots} slots of earlier incarnations of this node into {folds}",
             slots=len(dropped),

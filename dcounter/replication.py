@@ -69,7 +69,7 @@ from twisted.python.failure import Failure
 from dcounter import digest, wire
 from dcounter.admission import Admission, NotMember
 from dcounter.client import PeerClient, PeerError
-from dcounter.counter import Slot, SlotKey, State
+from dcounter.counter import Slot, SlotKey, State, slot_keys
 from dcounter.membership import Membership, PeerState
 from dcounter.node import Node
 from dcounter.swim import Swim
@@ -497,13 +497,9 @@ class Replicator(TimerService):
             mine = digest.in_buckets(self.node.outgoing(), reply.buckets)
             lacking = digest.ahead(mine, reply.state)
             if lacking:
-                self._mark(peer, self._slot_keys(lacking), self.node.counters.keys.touching(lacking, before))
+                self._mark(peer, slot_keys(lacking), self.node.counters.keys.touching(lacking, before))
                 self._schedule_flush()
         return True
-
-    @staticmethod
-    def _slot_keys(state: State) -> list[SlotKey]:
-        return [(name, replica) for name, slots in state.items() for replica in slots]
 
     def summary(self) -> bytes:
         """

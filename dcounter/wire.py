@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from dcounter.counter import MAX_SLOT, MIN_VALUE, Slot, State
+from dcounter.counter import FOLDED, MAX_SLOT, MIN_VALUE, Slot, State
 from dcounter.idempotency import Entry, KeyState, Record
 from dcounter.membership import MAX_GENERATION
 
@@ -36,7 +36,7 @@ MAX_MEMBERS = 4096
 #: an incarnation being 17 characters, and NODE/folded-INCARNATION for a
 #: fold) are tokens of at most L{MAX_NAME}, and peers refuse a sync or a
 #: digest answer with a longer one.
-MAX_NODE_ID = MAX_NAME - len("/folded-") - 17
+MAX_NODE_ID = MAX_NAME - len("/" + FOLDED) - 17
 
 _COUNTER_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.:-]{{0,{MAX_NAME - 1}}}\Z")
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?\Z")
